@@ -1,0 +1,1 @@
+"""Host side: drives the accelerator (real board or simulated twin)."""

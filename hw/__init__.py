@@ -1,0 +1,1 @@
+"""Amaranth gateware of the shift-network engine, SoC and board tops."""

@@ -1,0 +1,1 @@
+"""Quantisation-aware training, integer-program export and the golden model."""

@@ -1,0 +1,1 @@
+"""cocotb testbenches: the RTL checked bit-exactly against the golden model."""
