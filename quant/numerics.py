@@ -16,6 +16,8 @@ Conventions
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "requantize",
     "residual_add",
     "global_avgpool",
+    "quantize_multiplier",
 ]
 
 #: Accumulator width in bits (signed). NUMERICS.md proves it cannot overflow.
@@ -146,3 +149,23 @@ def global_avgpool(x, multiplier: int, shift: int, lo: int, hi: int) -> torch.Te
     """
     total = _int64(x).sum(dim=(0, 1))
     return requantize(total, multiplier, torch.tensor(shift), lo, hi)
+
+
+def quantize_multiplier(factor: float) -> tuple[int, int]:
+    """Represent a positive real factor as ``m / 2**s`` (NUMERICS.md section 5).
+
+    ``s`` is the largest shift ``<= SHIFT_MAX`` for which ``m = round(factor * 2**s)``
+    still fits in ``MULT_BITS`` unsigned bits, so the relative error is at most
+    ``2**-MULT_BITS``. Powers of two (and any factor with a short binary
+    expansion) are represented exactly.
+    """
+    if not factor > 0 or factor != factor or factor == float("inf"):
+        raise ValueError(f"requantisation factor must be a positive finite number, not {factor!r}")
+    limit = (1 << MULT_BITS) - 1
+    for shift in range(SHIFT_MAX, -1, -1):
+        m = math.floor(factor * 2.0**shift + 0.5)
+        if m <= limit:
+            if m == 0:
+                raise ValueError(f"requantisation factor {factor:.3e} is below 2**-{SHIFT_MAX + 1}")
+            return m, shift
+    raise ValueError(f"requantisation factor {factor:.3e} is too large (at most {limit})")

@@ -100,3 +100,19 @@ def test_ranges():
     assert numerics.act_range(4, False) == (0, 15)
     assert numerics.weight_range(8) == (-127, 127)
     assert numerics.weight_range(4) == (-7, 7)
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0**-6, 1 / 9, 3.7e-3, 0.999999, 1234.5, 2.0**-40])
+def test_quantize_multiplier_is_accurate_and_in_range(factor):
+    m, s = numerics.quantize_multiplier(factor)
+    assert 1 <= m < 2**numerics.MULT_BITS and 0 <= s <= numerics.SHIFT_MAX
+    assert abs(m / 2**s - factor) <= factor * 2.0**-15
+    if factor == 2.0**-6:
+        v = torch.arange(-1000, 1000)
+        assert torch.equal(numerics.round_shift(v * m, torch.tensor(s)), numerics.round_shift(v, torch.tensor(6)))
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, float("nan"), 2.0**17, 2.0**-60])
+def test_quantize_multiplier_rejects_unrepresentable(factor):
+    with pytest.raises(ValueError):
+        numerics.quantize_multiplier(factor)
