@@ -151,3 +151,103 @@ def to_program(net: QuantNet, *, model: str, model_args: dict | None = None,
     return Program(model=model, input=g.input, output=g.output, tensors=tensors, layers=layers,
                    model_args=dict(model_args or {}), mean=tuple(mean), std=tuple(std), classes=list(classes),
                    meta=dict(meta or {})).validate()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def export_qonnx(net: QuantNet, input_shape: tuple[int, int, int], path) -> None:
+    """Write the Brevitas twin as QONNX (Quant nodes) for interoperability (FINN, qonnx tools)."""
+    from brevitas.export import export_qonnx as _export
+
+    net.eval()
+    _export(net, torch.zeros(1, *input_shape), export_path=str(path), dynamo=False)
+
+
+def untrained_net(model: str, bits: str, seed: int = 0, model_args: dict | None = None,
+                  input_shape: tuple[int, int, int] | None = None):
+    """A deterministic, *untrained* QuantNet calibrated on random images (for demos and hardware tests)."""
+    import models
+
+    torch.manual_seed(seed)
+    float_model = models.get(model, **(model_args or {}))
+    shape = tuple(input_shape or models.entry(model).input_shape_for(**(model_args or {})))
+    net = QuantNet(float_model, bits)
+    g = torch.Generator().manual_seed(seed)
+    from .qat import calibrate
+
+    calibrate(net, [torch.randn(8, *shape, generator=g) for _ in range(4)])
+    return net.eval(), shape
+
+
+def main(argv=None) -> int:
+    import argparse
+    import logging
+    import sys
+    import warnings
+
+    from .program import ProgramError, save
+
+    parser = argparse.ArgumentParser(
+        prog="python -m quant.export",
+        description="Export a QAT checkpoint (python -m quant.train --bits w8a8|w4a4) to an integer "
+                    "program (.shiftprog), optionally also as QONNX. With --untrained MODEL, export a "
+                    "deterministic untrained model instead (clearly labelled as such in the program).")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint written by quant.train")
+    parser.add_argument("-o", "--output", required=True, help="program file to write (.shiftprog)")
+    parser.add_argument("--qonnx", metavar="PATH", help="also write the quantised model as QONNX")
+    parser.add_argument("--untrained", metavar="MODEL", help="export registry model MODEL with random weights")
+    parser.add_argument("--expansion", type=float, help="expansion E for --untrained")
+    parser.add_argument("--bits", default="w8a8", choices=["w8a8", "w4a4"], help="bits for --untrained")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed for --untrained")
+    args = parser.parse_args(argv)
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    if bool(args.checkpoint) == bool(args.untrained):
+        return fail("give either a CHECKPOINT or --untrained MODEL")
+    try:
+        if args.untrained:
+            import models
+
+            if args.untrained not in models.names():
+                return fail(f"unknown model {args.untrained!r} (available: {', '.join(models.names())})")
+            model_args = {}
+            if args.expansion is not None:
+                model_args["expansion"] = int(args.expansion) if args.expansion.is_integer() else args.expansion
+            net, shape = untrained_net(args.untrained, args.bits, args.seed, model_args)
+            program = to_program(net, model=args.untrained, model_args=model_args, input_shape=shape,
+                                 meta={"trained": False, "bits": args.bits, "seed": args.seed,
+                                       "note": "UNTRAINED: deterministic random weights, for demos and tests"})
+        else:
+            from .train import CheckpointError, UsageError, load_model
+
+            try:
+                net, meta = load_model(args.checkpoint)
+            except (CheckpointError, UsageError) as exc:
+                return fail(str(exc))
+            if not isinstance(net, QuantNet):
+                return fail(f"{args.checkpoint} is a {meta.get('bits')} checkpoint; export needs a QAT one "
+                            "(train with --bits w8a8 or w4a4, e.g. starting from it with --init)")
+            shape = (int(meta["in_channels"]), *map(int, meta["input_size"]))
+            program = to_program(
+                net, model=meta["model"], model_args=meta["model_kwargs"], input_shape=shape,
+                mean=meta["mean"], std=meta["std"], classes=meta.get("classes", ()),
+                meta={"trained": True, "bits": meta["bits"], "dataset": meta["dataset"],
+                      "checkpoint": str(args.checkpoint)})
+        save(program, args.output)
+        if args.qonnx:
+            export_qonnx(net, shape, args.qonnx)
+    except (ExportError, ProgramError, ValueError) as exc:
+        return fail(str(exc).splitlines()[0])
+    print(f"wrote {args.output}: {len(program.layers)} passes, model {program.model} "
+          f"{'(UNTRAINED)' if not program.meta.get('trained') else ''}".rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

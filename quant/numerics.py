@@ -73,45 +73,53 @@ def shift_gather(x, table) -> torch.Tensor:
 
     Parameters
     ----------
-    x : int tensor [H, W, C]
+    x : int tensor [H, W, C] or a batch [N, H, W, C]
     table : int tensor [C_out, 3]
     """
     x = _int64(x)
     table = _int64(table)
-    if x.dim() != 3:
-        raise ValueError(f"feature map must be [H, W, C], got shape {tuple(x.shape)}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"feature map must be [H, W, C] or [N, H, W, C], got shape {tuple(x.shape)}")
     if table.dim() != 2 or table.shape[1] != 3:
         raise ValueError(f"shift table must be [C_out, 3], got shape {tuple(table.shape)}")
-    h, w, c = x.shape
+    batched = x.dim() == 4
+    if not batched:
+        x = x.unsqueeze(0)
+    n, h, w, c = x.shape
     src, dy, dx = table[:, 0], table[:, 1], table[:, 2]
     if len(src) and (src.min() < 0 or src.max() >= c):
         raise ValueError(f"shift table names a source channel outside 0..{c - 1}")
-    ys = torch.arange(h).view(h, 1, 1) + dy.view(1, 1, -1)
-    xs = torch.arange(w).view(1, w, 1) + dx.view(1, 1, -1)
+    ys = torch.arange(h).view(h, 1, 1) + dy.view(1, 1, -1)  # [H, 1, C_out]
+    xs = torch.arange(w).view(1, w, 1) + dx.view(1, 1, -1)  # [1, W, C_out]
     inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    vals = x[ys.clamp(0, h - 1), xs.clamp(0, w - 1), src.view(1, 1, -1).expand(h, w, -1)]
-    return torch.where(inside, vals, torch.zeros_like(vals))
+    vals = x[:, ys.clamp(0, h - 1), xs.clamp(0, w - 1), src.view(1, 1, -1)]
+    out = torch.where(inside, vals, torch.zeros((), dtype=torch.int64))
+    return out if batched else out[0]
 
 
 def conv1x1_acc(x, weight, bias=None, stride: int = 1) -> torch.Tensor:
     """Accumulators of a 1x1 convolution: ``acc[y,x,o] = b[o] + sum_i w[o,i] * in[s*y, s*x, i]``.
 
+    The dot products run as a float64 matrix product, which is exact here:
+    every product and partial sum is an integer below 2**31 (section 4 of
+    NUMERICS.md), far inside float64's 53-bit mantissa.
+
     Parameters
     ----------
-    x : int tensor [H, W, C_in]
+    x : int tensor [H, W, C_in] or a batch [N, H, W, C_in]
     weight : int tensor [C_out, C_in]
     bias : int tensor [C_out] or None
     stride : output pixel (y, x) reads input pixel (stride*y, stride*x)
     """
-    x = _int64(x)[::stride, ::stride, :]
+    x = _int64(x)[..., ::stride, ::stride, :]
     weight = _int64(weight)
-    if weight.dim() != 2 or weight.shape[1] != x.shape[2]:
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
         raise ValueError(
-            f"weight [C_out, C_in] = {tuple(weight.shape)} does not match {x.shape[2]} input channels"
+            f"weight [C_out, C_in] = {tuple(weight.shape)} does not match {x.shape[-1]} input channels"
         )
-    acc = torch.einsum("yxi,oi->yxo", x, weight)
+    acc = torch.matmul(x.double(), weight.double().T).to(torch.int64)
     if bias is not None:
-        acc = acc + _int64(bias).view(1, 1, -1)
+        acc = acc + _int64(bias)
     return acc
 
 
@@ -143,11 +151,11 @@ def residual_add(y, residual, multiplier: int, shift: int, lo: int, hi: int) -> 
 
 
 def global_avgpool(x, multiplier: int, shift: int, lo: int, hi: int) -> torch.Tensor:
-    """Global average pool of an [H, W, C] map: ``clamp(round_shift(sum_yx * m, s), lo, hi)`` -> [C].
+    """Global average pool of an [(N,) H, W, C] map: ``clamp(round_shift(sum_yx * m, s), lo, hi)`` -> [(N,) C].
 
     ``m / 2**s`` carries both the ``1 / (H*W)`` and any change of scale.
     """
-    total = _int64(x).sum(dim=(0, 1))
+    total = _int64(x).sum(dim=(-3, -2))
     return requantize(total, multiplier, torch.tensor(shift), lo, hi)
 
 

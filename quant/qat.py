@@ -145,7 +145,7 @@ class QuantNet(nn.Module):
 
     def scale_of(self, tensor: str) -> float:
         """The real scale of a program tensor (its quantiser's scale)."""
-        return float(self.act_for(tensor).act_quant.scale())
+        return float(self.act_for(tensor).act_quant.scale().detach())
 
     def forward(self, x: torch.Tensor, return_tensors: bool = False):
         g = self.graph
