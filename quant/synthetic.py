@@ -17,17 +17,11 @@ __all__ = ["random_program", "im2col_table", "interleaved_table"]
 
 
 def interleaved_table(channels: int, kernel: int = 3, dilation: int = 1) -> np.ndarray:
-    """The authors' shift table as (src, dy, dx) rows: direction c mod k^2, last C mod k^2 channels unshifted."""
-    rows = []
-    k2 = kernel * kernel
-    shifted = channels - channels % k2
-    for c in range(channels):
-        i = c % k2
-        if c >= shifted:
-            rows.append((c, 0, 0))
-        else:
-            rows.append((c, dilation * (i // kernel - kernel // 2), dilation * (i % kernel - kernel // 2)))
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    """The authors' interleaved shift (``models.shift.interleaved_offsets``) as (src, dy, dx) rows."""
+    from models.shift import interleaved_offsets
+
+    offsets = interleaved_offsets(channels, kernel, dilation).numpy()
+    return np.concatenate([np.arange(channels).reshape(-1, 1), offsets], axis=1).astype(np.int64)
 
 
 def im2col_table(channels: int, kernel: int, dilation: int = 1) -> np.ndarray:
