@@ -190,18 +190,16 @@ async def measure(dut):
 def run_rtl(rows: int, cols: int, out_lanes: int, shapes: list[Shape], out_file: Path) -> dict[str, int]:
     from hw.systolic import SystolicArray
     from sim.harness import run_cocotb
-    from sim.test_systolic import verilator_pch_workaround
 
     arr = dict(rows=rows, cols=cols, out_lanes=out_lanes, tag_width=1)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.unlink(missing_ok=True)
-    with verilator_pch_workaround():
-        run_cocotb(
-            SystolicArray(**arr),
-            test_module="bench.engine_cycles",
-            build_name=f"bench_array_{rows}x{cols}_l{out_lanes}",
-            env={"BENCH_ARRAY": arr, "BENCH_SHAPES": [asdict(s) for s in shapes], "BENCH_OUT": str(out_file)},
-        )
+    run_cocotb(
+        SystolicArray(**arr),
+        test_module="bench.engine_cycles",
+        build_name=f"bench_array_{rows}x{cols}_l{out_lanes}",
+        env={"BENCH_ARRAY": arr, "BENCH_SHAPES": [asdict(s) for s in shapes], "BENCH_OUT": str(out_file)},
+    )
     return {r["name"]: r["cycles"] for r in json.loads(out_file.read_text())}
 
 

@@ -12,17 +12,15 @@ import pytest
 
 from hw.output_stage import OutputStage
 from sim.harness import run_cocotb
-from sim.test_systolic import verilator_pch_workaround
 
 STAGE = dict(lanes=4, max_channels=64, max_pool_pixels=4096, fifo_depth=32)
 
 
 @pytest.mark.sim
 def test_output_stage():
-    with verilator_pch_workaround():
-        run_cocotb(
-            OutputStage(**STAGE),
-            test_module="tb_output_stage",
-            build_name="output_stage_l4",
-            env={"TB_STAGE": STAGE, "TB_CONFIGS": os.environ.get("SHIFTFPGA_TB_CONFIGS", "150")},
-        )
+    run_cocotb(
+        OutputStage(**STAGE),
+        test_module="tb_output_stage",
+        build_name="output_stage_l4",
+        env={"TB_STAGE": STAGE, "TB_CONFIGS": os.environ.get("SHIFTFPGA_TB_CONFIGS", "150")},
+    )
