@@ -1,0 +1,379 @@
+"""The engine: on-chip memories, a layer sequencer and the streaming datapath.
+
+One bitstream runs any program the exporter writes: the host compiles a
+``.shiftprog`` (:mod:`host.compile`) into memory images and writes them over the
+link bus; the engine then executes the layer descriptors one after another.
+
+Data flow of one layer (one *pass* of docs/NUMERICS.md section 8)::
+
+    activation memory --reader--> ShiftUnit --> TileFeeder --> SystolicArray
+          ^     |  (input tensor,              (tile buffer,     (P x Q MACs)
+          |     |   raster order)               weights)              |
+          |     +--residual read------------------------+             v
+          |                                             +-------> OutputStage
+          +--------------writer (address FIFO) <-----------------------+
+                                  |
+                                  +--> logits memory (RAW layers)
+
+* The **reader** streams the input tensor (``pixels * in_beats`` words of ``L``
+  bytes) into the shift unit, which applies the layer's gather table (a plain
+  shift, shift-im2col of a KxK stem, or the identity for a 1x1 layer).
+* The **tile feeder** keeps the strided pixels, transposes ``P`` of them into
+  its tile buffer and replays the tile once per group of ``Q`` output
+  channels, with the weights.
+* The **output path** turns each array beat (``L`` accumulators of one pixel)
+  into an activation-memory address, reads the residual word at the same
+  offset of the residual tensor, and hands both to the output stage (bias,
+  requantisation, residual add, pool). An address FIFO, pushed when a beat
+  enters the output stage and popped when its result leaves, tells the writer
+  where each result goes; in pool mode only the map's last pixel produces a
+  result (the pooled vector).
+* The **sequencer** loads a descriptor, copies the layer's shift schedule and
+  per-channel table into the shift unit and the output stage, pulses
+  ``start``, waits until the layer's last result is written, and stores the
+  layer's cycle and array-beat counts.
+
+Bus view (:class:`hw.link.BusSignature`, 32-bit word addresses): the regions of
+:class:`hw.engine_params.Region`. Memory entries wider than 32 bits take
+``parts_for(width)`` consecutive bus words, least significant first; a write
+stores the entry when its last part arrives, so entries are written whole, in
+part order. The memories are the host's only while the engine is idle; during
+a run, bus writes to them are dropped and reads return 0 (CSRs and counters
+stay accessible). Register map: :class:`hw.engine_params.Csr`.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EngineParams, Region,
+                            descriptor_layout, parts_for)
+from .link import BusSignature
+from .output_stage import Mode, OutputStage, TableEntry
+from .systolic import SystolicArray
+from .tile_feeder import TileFeeder, tag_layout
+
+__all__ = ["Engine"]
+
+
+class Engine(wiring.Component):
+    """Memories + sequencer + datapath behind a link bus (see the module docstring).
+
+    Members
+    -------
+    bus : In(BusSignature())
+        The host's view (from :class:`hw.link.LinkEngine`).
+    busy : Out(1)
+        A run is in progress.
+    done : Out(1)
+        The last run finished (cleared by the next start).
+    """
+
+    def __init__(self, params: EngineParams = EngineParams()):
+        self.params = params
+        self.shift = params.shift_unit()
+        self.array = SystolicArray(params.rows, params.cols, out_lanes=params.lanes,
+                                   tag_width=tag_layout(params).size, max_cin=params.max_gather)
+        self.stage = OutputStage(params.lanes, max_channels=params.max_cout,
+                                 max_pool_pixels=params.max_out_pixels, fifo_depth=32)
+        self.feeder = TileFeeder(params, self.array.input_layout)
+        self.desc_layout = descriptor_layout(params, self.shift.cfg_layout)
+        super().__init__({"bus": In(BusSignature()), "busy": Out(1), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        P, Q, L = p.rows, p.cols, p.lanes
+        lg_l = ceil_log2(L)
+        m.submodules.shift = shift = self.shift
+        m.submodules.array = array = self.array
+        m.submodules.stage = stage = self.stage
+        m.submodules.feeder = feeder = self.feeder
+
+        # ------------------------------------------------------------ memories
+        act = Memory(shape=8 * L, depth=p.act_words, init=[])
+        weight = Memory(shape=8 * Q, depth=p.weight_words, init=[])
+        desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
+        sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
+        table = Memory(shape=TableEntry.size, depth=p.table_words, init=[])
+        logits = Memory(shape=32 * L, depth=p.logit_words, init=[])
+        counters = Memory(shape=32, depth=2 * p.max_layers, init=[])
+        for name, mem in (("act", act), ("weight", weight), ("desc_mem", desc_mem), ("sched", sched),
+                          ("table", table), ("logits", logits), ("counters", counters)):
+            m.submodules[name] = mem
+        act_wr, act_rd, act_res = act.write_port(), act.read_port(transparent_for=()), act.read_port(transparent_for=())
+        w_wr, w_rd = weight.write_port(), weight.read_port(transparent_for=())
+        d_wr, d_rd = desc_mem.write_port(), desc_mem.read_port(transparent_for=())
+        s_wr, s_rd = sched.write_port(), sched.read_port(transparent_for=())
+        t_wr, t_rd = table.write_port(), table.read_port(transparent_for=())
+        l_wr, l_rd = logits.write_port(), logits.read_port(transparent_for=())
+        c_wr, c_rd = counters.write_port(), counters.read_port(transparent_for=())
+
+        running = Signal()
+        done = Signal()
+        m.d.comb += [self.busy.eq(running), self.done.eq(done)]
+
+        # ------------------------------------------------------------ sequencer state
+        n_layers = Signal(range(p.max_layers + 1))
+        layer = Signal(range(p.max_layers + 1))
+        desc_bits = Signal(32 * DESC_WORDS)
+        desc = data.View(self.desc_layout, desc_bits[:self.desc_layout.size])
+        total_cycles = Signal(32)
+        layer_cycles = Signal(32)
+        runs = Signal(32)
+        start = Signal()           # one-cycle pulse into the datapath at the start of a layer
+        in_run = Signal()          # the layer's datapath is active (RUN phase)
+        writes = Signal.like(desc.out_beats)
+
+        # ------------------------------------------------------------ reader
+        rd_left = Signal(range(p.max_out_pixels * (p.max_cin // L + 1) + 1))
+        rd_addr = Signal.like(act_rd.addr)
+        rd_valid = Signal()
+        rd_adv = Signal()
+        m.d.comb += rd_adv.eq(~rd_valid | shift.i.ready)
+        with m.If(start):
+            m.d.sync += [rd_left.eq(desc.shift.pixels * desc.shift.in_beats), rd_addr.eq(desc.in_base),
+                         rd_valid.eq(0)]
+        with m.Elif(in_run & rd_adv):
+            m.d.sync += rd_valid.eq(rd_left != 0)
+            with m.If(rd_left != 0):
+                m.d.sync += [rd_left.eq(rd_left - 1), rd_addr.eq(rd_addr + 1)]
+        m.d.comb += [
+            shift.i.valid.eq(rd_valid),
+            shift.i.payload.as_value().eq(act_rd.data),
+            shift.cfg.eq(Mux(in_run, desc.shift.as_value(), 0)),
+        ]
+
+        # ------------------------------------------------------------ shift unit -> feeder -> array
+        fc = feeder.cfg
+        m.d.comb += [
+            feeder.i.valid.eq(shift.o.valid),
+            feeder.i.payload.as_value().eq(shift.o.payload.as_value()),
+            shift.o.ready.eq(feeder.i.ready),
+            fc.width.eq(desc.shift.width),
+            fc.height.eq(desc.shift.height),
+            fc.stride_log2.eq(desc.stride_log2),
+            fc.g_words.eq((desc.c_gather + (L - 1)) >> lg_l),
+            fc.c_gather.eq(desc.c_gather),
+            fc.c_out.eq(desc.c_out),
+            fc.groups.eq(desc.groups),
+            fc.out_pixels.eq(desc.out_pixels),
+            fc.w_base.eq(desc.w_base),
+            fc.act_signed.eq(desc.act_signed),
+            feeder.start.eq(start),
+            feeder.w_data.eq(w_rd.data),
+            array.i.valid.eq(feeder.o.valid),
+            array.i.payload.eq(feeder.o.payload),
+            feeder.o.ready.eq(array.i.ready),
+        ]
+
+        # ------------------------------------------------------------ output path
+        mode = desc.out.mode
+        ao = array.o.payload
+        tag = data.View(tag_layout(p), ao.tag)
+        chan_abs = Signal(range(p.max_cout + Q))
+        out_pix = Signal(range(p.max_out_pixels + P))
+        m.d.comb += [chan_abs.eq(tag.group * Q + ao.chan), out_pix.eq(tag.pix0 + ao.pixel)]
+        word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
+        m.d.comb += word_off.eq(out_pix * desc.out_words + (chan_abs >> lg_l))
+
+        a_valid = Signal()
+        a_acc = Signal.like(ao.acc)
+        a_chan = Signal.like(stage.i.payload.chan)
+        a_mask = Signal.like(ao.mask)
+        a_first, a_last = Signal(), Signal()
+        a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
+        a_adv = Signal()
+        m.d.comb += [a_adv.eq(~a_valid | stage.i.ready), array.o.ready.eq(a_adv)]
+        with m.If(a_adv):
+            m.d.sync += a_valid.eq(array.o.valid)
+            with m.If(array.o.valid):
+                m.d.sync += [
+                    a_acc.eq(ao.acc), a_chan.eq(chan_abs), a_mask.eq(ao.mask),
+                    a_first.eq(out_pix == 0), a_last.eq(out_pix + 1 == desc.out_pixels),
+                    a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (chan_abs >> lg_l),
+                                  Mux(mode == Mode.RAW, word_off, desc.out_base + word_off))),
+                ]
+        with m.If(start):
+            m.d.sync += a_valid.eq(0)
+        m.d.comb += [act_res.addr.eq(desc.res_base + word_off), act_res.en.eq(a_adv)]
+
+        sp = stage.i.payload
+        m.d.comb += [
+            stage.i.valid.eq(a_valid),
+            sp.acc.eq(a_acc), sp.chan.eq(a_chan), sp.mask.eq(a_mask),
+            sp.pool_first.eq(a_first), sp.pool_last.eq(a_last), sp.last.eq(0),
+            stage.r.valid.eq(a_valid),
+            stage.cfg.eq(desc.out),
+        ]
+        for k in range(L):
+            byte = act_res.data[8 * k:8 * k + 8]
+            m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
+
+        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(a_addr), depth=64)
+        m.d.comb += [
+            addr_fifo.w_data.eq(a_addr),
+            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | a_last)),
+            addr_fifo.r_en.eq(stage.o.valid),
+            stage.o.ready.eq(1),
+        ]
+
+        so = stage.o.payload
+        out_bytes = Cat(Mux(so.mask[k], so.data[k][:8], 0) for k in range(L))
+        out_words = Cat(Mux(so.mask[k], so.data[k], 0) for k in range(L))
+        result = Signal()
+        m.d.comb += result.eq(stage.o.valid & in_run)
+        with m.If(start):
+            m.d.sync += writes.eq(0)
+        with m.Elif(result):
+            m.d.sync += writes.eq(writes + 1)
+
+        # ------------------------------------------------------------ bus (host side)
+        bus = self.bus
+        region = bus.addr[24:28]
+        offset = bus.addr[:24]
+        regions = {  # region: (width, write port or None, read port)
+            Region.ACT: (8 * L, act_wr, act_rd),
+            Region.WEIGHT: (8 * Q, w_wr, w_rd),
+            Region.DESC: (32, d_wr, d_rd),
+            Region.SCHED: (shift.slot_layout.size, s_wr, s_rd),
+            Region.TABLE: (TableEntry.size, t_wr, t_rd),
+            Region.LOGITS: (32 * L, l_wr, l_rd),
+            Region.COUNTERS: (32, None, c_rd),
+        }
+        max_parts = max(parts_for(w) for w, _, _ in regions.values())
+        staging = Signal(32 * max_parts)
+        read_pending = Signal()
+        host_owns = ~running
+
+        # bus defaults for every port (the engine overrides below while running)
+        bus_read = Signal()
+        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending)
+        csr_data = Signal(32)
+        r_data_sel = Signal(32)
+        bus_part = Signal(range(max_parts))   # part of a wide entry this bus word is
+        for reg, (width, wr, rd) in regions.items():
+            k = parts_for(width)
+            lg_k = ceil_log2(k)
+            entry = offset >> lg_k
+            part = offset[:lg_k] if lg_k else Const(0, 1)
+            hit = region == reg
+            if wr is not None:
+                with m.If(host_owns):
+                    m.d.comb += [
+                        wr.addr.eq(entry),
+                        wr.data.eq(Cat(staging[:32 * (k - 1)], bus.w_data)[:width] if k > 1 else bus.w_data[:width]),
+                        wr.en.eq(bus.valid & bus.w_en & hit & (part == k - 1)),
+                    ]
+            with m.If(host_owns | (reg == Region.COUNTERS)):
+                m.d.comb += [rd.addr.eq(entry), rd.en.eq(bus_read & hit)]
+            with m.If(hit):
+                m.d.comb += bus_part.eq(part)
+                padded = Cat(rd.data, Const(0, 32 * k - width)) if 32 * k > width else rd.data
+                m.d.comb += r_data_sel.eq(padded.word_select(part, 32) if k > 1 else padded)
+        with m.If(bus.valid & bus.w_en):
+            m.d.sync += staging.word_select(bus_part, 32).eq(bus.w_data)
+
+        params_words = p.to_words()
+        with m.Switch(offset[:8]):
+            with m.Case(Csr.ID):
+                m.d.comb += csr_data.eq(ENGINE_ID)
+            with m.Case(Csr.VERSION):
+                m.d.comb += csr_data.eq(ENGINE_VERSION)
+            for i, w in enumerate(params_words):
+                with m.Case(Csr.PARAMS + i):
+                    m.d.comb += csr_data.eq(w)
+            with m.Case(Csr.STATUS):
+                m.d.comb += csr_data.eq(Cat(running, done, Const(0, 14), layer))
+            with m.Case(Csr.TOTAL_CYCLES):
+                m.d.comb += csr_data.eq(total_cycles)
+            with m.Case(Csr.RUNS):
+                m.d.comb += csr_data.eq(runs)
+
+        # writes complete in their cycle; reads answer one cycle later
+        with m.If(bus.valid & bus.w_en):
+            m.d.comb += bus.ready.eq(1)
+        with m.Elif(bus.valid & read_pending):
+            m.d.comb += bus.ready.eq(1)
+            data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)
+            m.d.comb += bus.r_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0)))
+        m.d.sync += read_pending.eq(bus_read)
+
+        start_request = Signal()
+        m.d.comb += start_request.eq(bus.valid & bus.w_en & (region == Region.CSR) & (offset == Csr.CONTROL)
+                                     & ~running & (bus.w_data != 0) & (bus.w_data <= p.max_layers))
+
+        # ------------------------------------------------------------ sequencer
+        k = Signal(range(DESC_WORDS + 2))
+        ts = Signal(range(p.max_gather + 2))
+        tt = Signal(range(p.max_cout + 2))
+        ts_v, tt_v = Signal(), Signal()
+        with m.If(running):
+            m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(start_request):
+                    m.d.sync += [n_layers.eq(bus.w_data), layer.eq(0), running.eq(1), done.eq(0),
+                                 total_cycles.eq(0), layer_cycles.eq(0), k.eq(0)]
+                    m.next = "LOAD_DESC"
+            with m.State("LOAD_DESC"):
+                m.d.comb += [d_rd.addr.eq(layer * DESC_WORDS + k), d_rd.en.eq(1)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k != 0):
+                    m.d.sync += desc_bits.word_select((k - 1)[:len(k)], 32).eq(d_rd.data)
+                with m.If(k == DESC_WORDS):
+                    m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0)]
+                    m.next = "LOAD_TABLES"
+            with m.State("LOAD_TABLES"):
+                # one read per cycle from each memory; the word read in cycle n is written in n+1
+                m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
+                             t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
+                more_s = ts < desc.shift.slots
+                more_t = tt < desc.c_out
+                m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t)]
+                with m.If(more_s):
+                    m.d.sync += ts.eq(ts + 1)
+                with m.If(more_t):
+                    m.d.sync += tt.eq(tt + 1)
+                m.d.comb += [
+                    shift.tab.valid.eq(ts_v), shift.tab.payload.addr.eq(ts - 1),
+                    shift.tab.payload.data.eq(s_rd.data),
+                    stage.tbl.valid.eq(tt_v), stage.tbl.payload.chan.eq(tt - 1),
+                    stage.tbl.payload.entry.eq(t_rd.data),
+                ]
+                with m.If(~more_s & ~more_t & ~ts_v & ~tt_v):
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += in_run.eq(1)
+                m.d.comb += [
+                    act_rd.addr.eq(rd_addr), act_rd.en.eq(rd_adv),
+                    w_rd.addr.eq(feeder.w_addr), w_rd.en.eq(feeder.w_en),
+                ]
+                with m.If(result & addr_fifo.r_rdy):
+                    with m.If(mode == Mode.RAW):
+                        m.d.comb += [l_wr.addr.eq(addr_fifo.r_data), l_wr.data.eq(out_words), l_wr.en.eq(1)]
+                    with m.Else():
+                        m.d.comb += [act_wr.addr.eq(addr_fifo.r_data), act_wr.data.eq(out_bytes),
+                                     act_wr.en.eq(1)]
+                with m.If((writes == desc.out_beats) & (rd_left == 0) & ~rd_valid & ~shift.busy
+                          & ~stage.busy & ~start):
+                    m.next = "COUNT0"
+            with m.State("COUNT0"):
+                m.d.comb += [c_wr.addr.eq(2 * layer), c_wr.data.eq(layer_cycles), c_wr.en.eq(1)]
+                m.next = "COUNT1"
+            with m.State("COUNT1"):
+                m.d.comb += [c_wr.addr.eq(2 * layer + 1), c_wr.data.eq(feeder.beats), c_wr.en.eq(1)]
+                m.d.sync += [layer.eq(layer + 1), layer_cycles.eq(0), k.eq(0)]
+                with m.If(layer + 1 == n_layers):
+                    m.d.sync += [running.eq(0), done.eq(1), runs.eq(runs + 1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "LOAD_DESC"
+        return m

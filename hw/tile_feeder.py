@@ -1,0 +1,242 @@
+"""Tile feeder: turns the shift unit's pixel stream into the array's channel stream.
+
+The shift unit emits gathered pixels in raster order, ``L`` channels per beat
+(pixel-major). The output-stationary array (:mod:`hw.systolic`) wants the
+transpose: one beat per input channel, carrying that channel of ``P`` pixels,
+together with ``Q`` weights. The feeder sits between them:
+
+* **Write side.** Beats of the pixels that survive the stride (``x`` and ``y``
+  multiples of ``2**stride_log2``; the others are consumed and dropped) are
+  written into a tile buffer: ``P`` banks, one per pixel slot of the tile,
+  two halves (double buffering). Pixel ``p`` of a tile, beat ``b`` goes to
+  bank ``p``, word ``half * gather_words + b``. A half is *full* after ``P``
+  pixels, or after the last output pixel of the layer (a partial tile).
+* **Read side.** A full half is replayed once per output-channel group
+  ``g = 0 .. groups-1`` (``Q`` channels each): for ``ci = 0 .. c_gather-1`` one
+  array beat with byte ``ci % L`` of word ``ci // L`` of every bank, and the
+  weight word ``w_base + g * c_gather + ci`` (``Q`` int8 lanes). The weight
+  address is simply a counter that restarts at ``w_base`` for every tile,
+  because the host lays the weights out in exactly this order. The beat with
+  ``ci = c_gather - 1`` is the tile's ``last``; its ``tag`` carries the tile's
+  first output pixel and ``g`` for the output side.
+
+Both memories are read with a one-cycle latency into the array's input; the
+read enable is the pipeline's advance, so back-pressure from the array (it
+refuses a ``last`` beat while its shadow bank is busy) just freezes the read
+ports.
+
+The array is busy for ``groups * c_gather`` cycles per tile and the shift
+unit needs ``P * gather_words`` (times ``4**stride_log2`` for strided layers,
+whose dropped pixels still pass), so for the usual shapes the array, not the
+feeder, sets the pace.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from .engine_params import EngineParams
+
+__all__ = ["TileFeeder", "tag_layout"]
+
+
+def tag_layout(params: EngineParams) -> data.StructLayout:
+    """What a tile's ``last`` beat tells the output side: first output pixel and channel group."""
+    return data.StructLayout({
+        "pix0": unsigned_for(params.max_out_pixels),
+        "group": unsigned_for(params.max_groups),
+    })
+
+
+def unsigned_for(n: int):
+    from amaranth.hdl import unsigned
+
+    return unsigned(bits_for(n))
+
+
+class TileFeeder(wiring.Component):
+    """Pixel stream in, array beats out (see the module docstring).
+
+    Members
+    -------
+    i : In(stream.Signature(ArrayLayout(unsigned(8), L)))
+        Gathered pixels from the shift unit.
+    o : Out(stream.Signature(array.input_layout))
+        Array beats.
+    cfg : In(cfg_layout)
+        ``width``, ``height`` (input map), ``stride_log2``, ``g_words``
+        (beats per gathered pixel), ``c_gather``, ``c_out``, ``groups``,
+        ``out_pixels``, ``w_base``, ``act_signed``. Static while running.
+    start : In(1)
+        Pulse before a layer: resets both sides.
+    w_addr, w_en : Out
+        Weight memory read port (address, enable); ``w_data`` is its data one
+        cycle after an enabled read.
+    w_data : In(Q * 8)
+    beats : Out(32)
+        Array beats accepted since ``start`` (for the layer counters).
+    """
+
+    def __init__(self, params: EngineParams, array_input_layout):
+        self._p = params
+        L = params.lanes
+        self.cfg_layout = data.StructLayout({
+            "width": unsigned_for(params.max_width),
+            "height": unsigned_for(params.max_height),
+            "stride_log2": 2,
+            "g_words": unsigned_for(params.gather_words),
+            "c_gather": unsigned_for(params.max_gather),
+            "c_out": unsigned_for(params.max_cout),
+            "groups": unsigned_for(params.max_groups),
+            "out_pixels": unsigned_for(params.max_out_pixels),
+            "w_base": unsigned_for(params.weight_words - 1),
+            "act_signed": 1,
+        })
+        self._tag_layout = tag_layout(params)
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(8, L))),
+            "o": Out(stream.Signature(array_input_layout)),
+            "cfg": In(self.cfg_layout),
+            "start": In(1),
+            "w_addr": Out(max(1, ceil_log2(params.weight_words))),
+            "w_en": Out(1),
+            "w_data": In(params.cols * 8),
+            "beats": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        P, Q, L = p.rows, p.cols, p.lanes
+        GW = p.gather_words
+        lg_l = ceil_log2(L)
+        cfg = self.cfg
+
+        banks = []
+        for k in range(P):
+            mem = Memory(shape=8 * L, depth=2 * GW, init=[])
+            m.submodules[f"bank{k}"] = mem
+            banks.append((mem.write_port(), mem.read_port(transparent_for=())))
+
+        # ------------------------------------------------------------ write side
+        full = Signal(2)
+        n_pix = [Signal(range(P + 1), name=f"n_pix{h}") for h in range(2)]
+        pix0 = [Signal(self._tag_layout["pix0"].shape, name=f"pix0_{h}") for h in range(2)]
+        whalf = Signal()
+        wp = Signal(range(P))
+        b = Signal.like(cfg.g_words)
+        x = Signal.like(cfg.width)
+        y = Signal.like(cfg.height)
+        kept = Signal.like(cfg.out_pixels)          # output pixels written so far
+
+        smask = Signal(2)
+        m.d.comb += smask.eq(Mux(cfg.stride_log2 == 0, 0, Mux(cfg.stride_log2 == 1, 1, 3)))
+        keep = Signal()
+        m.d.comb += keep.eq(((x & smask) == 0) & ((y & smask) == 0))
+
+        m.d.comb += self.i.ready.eq(~full.bit_select(whalf, 1))
+        take = Signal()
+        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        for k, (wr, _) in enumerate(banks):
+            m.d.comb += [
+                wr.addr.eq(whalf * GW + b),
+                wr.data.eq(self.i.payload.as_value()),
+                wr.en.eq(take & keep & (wp == k)),
+            ]
+
+        pixel_end = Signal()
+        m.d.comb += pixel_end.eq(take & (b + 1 == cfg.g_words))
+        with m.If(take):
+            m.d.sync += b.eq(Mux(pixel_end, 0, b + 1))
+        with m.If(pixel_end):
+            with m.If(x + 1 == cfg.width):
+                m.d.sync += [x.eq(0), y.eq(y + 1)]
+            with m.Else():
+                m.d.sync += x.eq(x + 1)
+            with m.If(keep):
+                m.d.sync += kept.eq(kept + 1)
+                close = (wp == P - 1) | (kept + 1 == cfg.out_pixels)
+                with m.If(close):
+                    m.d.sync += [
+                        full.bit_select(whalf, 1).eq(1),
+                        wp.eq(0),
+                        whalf.eq(~whalf),
+                    ]
+                    for h in range(2):
+                        with m.If(whalf == h):
+                            m.d.sync += [n_pix[h].eq(wp + 1), pix0[h].eq(kept - wp)]
+                with m.Else():
+                    m.d.sync += wp.eq(wp + 1)
+
+        # ------------------------------------------------------------- read side
+        rhalf = Signal()
+        g = Signal.like(cfg.groups)
+        ci = Signal.like(cfg.c_gather)
+        waddr = Signal.like(self.w_addr)
+        v1 = Signal()                    # an array beat is presented on o
+        lane1 = Signal(max(1, lg_l))
+        last1 = Signal()
+        npix1 = Signal(range(P + 1))
+        nchan1 = Signal(range(Q + 1))
+        tag1 = Signal(self._tag_layout)
+
+        advance = Signal()
+        m.d.comb += advance.eq(~v1 | self.o.ready)
+        issue = Signal()
+        m.d.comb += issue.eq(advance & full.bit_select(rhalf, 1))
+        word = ci >> lg_l
+        for _, rd in banks:
+            m.d.comb += [rd.addr.eq(rhalf * GW + word), rd.en.eq(advance)]
+        m.d.comb += [self.w_addr.eq(waddr), self.w_en.eq(advance)]
+
+        tile_last = Signal()
+        m.d.comb += tile_last.eq(ci + 1 == cfg.c_gather)
+        chans_left = Signal(range(p.max_cout + 1))
+        m.d.comb += chans_left.eq(cfg.c_out - g * Q)
+        with m.If(advance):
+            m.d.sync += v1.eq(issue)
+        with m.If(issue):
+            m.d.sync += [
+                lane1.eq(ci[:lg_l] if lg_l else 0),
+                last1.eq(tile_last),
+                npix1.eq(Mux(rhalf, n_pix[1], n_pix[0])),
+                nchan1.eq(Mux(chans_left > Q, Q, chans_left)),
+                tag1.pix0.eq(Mux(rhalf, pix0[1], pix0[0])),
+                tag1.group.eq(g),
+                waddr.eq(waddr + 1),
+                ci.eq(Mux(tile_last, 0, ci + 1)),
+            ]
+            with m.If(tile_last):
+                with m.If(g + 1 == cfg.groups):
+                    m.d.sync += [g.eq(0), rhalf.eq(~rhalf), waddr.eq(cfg.w_base),
+                                 full.bit_select(rhalf, 1).eq(0)]
+                with m.Else():
+                    m.d.sync += g.eq(g + 1)
+
+        op = self.o.payload
+        m.d.comb += [
+            self.o.valid.eq(v1),
+            op.act_signed.eq(cfg.act_signed),
+            op.weight.as_value().eq(self.w_data),
+            op.last.eq(last1),
+            op.n_pix.eq(npix1),
+            op.n_chan.eq(nchan1),
+            op.tag.eq(tag1.as_value()),
+        ]
+        for k, (_, rd) in enumerate(banks):
+            m.d.comb += op.act[k].eq(rd.data.word_select(lane1, 8) if L > 1 else rd.data)
+
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.beats.eq(self.beats + 1)
+
+        # a new layer: both sides from the top (the tile buffer contents do not matter)
+        with m.If(self.start):
+            m.d.sync += [full.eq(0), whalf.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
+                         rhalf.eq(0), g.eq(0), ci.eq(0), v1.eq(0), waddr.eq(cfg.w_base),
+                         self.beats.eq(0)]
+        return m
+

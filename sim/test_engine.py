@@ -1,0 +1,105 @@
+"""The whole engine (sequencer + shift unit + tile feeder + array + output stage) against the golden model.
+
+Small engines in Amaranth's simulator (``sim.pysim_bus``), driven by the same
+host code as a real board (:mod:`host.compile`, :mod:`host.accelerator`).
+Each run compiles a random program (3x3 im2col stem, a CSC-like block with a
+shift, a strided projection and a residual, global pool, classifier; see
+``quant.synthetic.random_program``) with ``keep_all`` so that every tensor
+of every layer stays in memory, and compares every word of every tensor with
+``quant.golden.run``. Reproduce a failure with the seed in its message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from host.accelerator import Accelerator
+from host.compile import CompileError, compile_program
+from hw.engine import Engine
+from hw.engine_params import EngineParams
+from quant import golden
+from quant.synthetic import random_program
+from sim.harness import seed_from_env
+from sim.pysim_bus import run_with_bus
+
+TINY = dict(act_words=2048, weight_words=2048, max_layers=8, sched_words=256, table_words=256,
+            logit_words=8, max_width=8, max_height=8, max_cin=32, max_gather=64, radius=2, max_cout=32)
+
+
+def first_mismatch(program, expected: dict, got: dict) -> str | None:
+    for name, ref in expected.items():
+        ref = ref.numpy()
+        out = got[name]
+        if out.shape != ref.shape:
+            return f"tensor {name!r}: shape {out.shape}, expected {ref.shape}"
+        bad = np.argwhere(out != ref)
+        if len(bad):
+            y, x, c = bad[0]
+            writer = next((layer.name for layer in program.layers if layer.output == name), "input")
+            return (f"layer {writer!r} tensor {name!r}: {len(bad)} words differ, first at pixel ({y}, {x}) "
+                    f"channel {c}: expected {ref[y, x, c]}, got {out[y, x, c]}")
+    return None
+
+
+def run_program(params: EngineParams, program, image: torch.Tensor):
+    def host(link):
+        acc = Accelerator(link, run_timeout=1e9)
+        compiled = compile_program(program, acc.params, keep_all=True)
+        acc.load(compiled)
+        return acc.infer(golden.quantize_input(program, image).numpy(), keep_all=True)
+
+    return run_with_bus(Engine(params), host)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4), (3, 8, 4), (4, 8, 8)], ids=lambda s: "P{}xQ{}_L{}".format(*s))
+def test_engine_random_programs(shape):
+    rows, cols, lanes = shape
+    params = EngineParams(rows=rows, cols=cols, lanes=lanes, **TINY)
+    seed = seed_from_env()
+    for k in range(2):
+        s = seed + k
+        rng = np.random.default_rng(s)
+        size = int(rng.integers(3, 8))
+        program = random_program(seed=s, size=size, channels=int(rng.choice([4, 8, 12])),
+                                 classes=int(rng.integers(2, 12)), in_channels=int(rng.integers(1, 4)))
+        image = torch.rand(program.tensors[program.input].shape[2], size, size,
+                           generator=torch.Generator().manual_seed(s))
+        result = run_program(params, program, image)
+        problem = first_mismatch(program, golden.run(program, golden.quantize_input(program, image)),
+                                 result.outputs)
+        assert problem is None, f"seed {s} (SHIFTFPGA_SEED={s}), engine {shape}: {problem}"
+        assert np.array_equal(result.logits, golden.predict(program, image).numpy())
+        assert len(result.layer_cycles) == len(program.layers) and all(c > 0 for c in result.layer_cycles)
+        assert result.total_cycles >= sum(result.layer_cycles)
+
+
+def test_compile_rejects_what_does_not_fit():
+    program = random_program(seed=0, size=8, channels=8)
+    small = EngineParams(rows=2, cols=4, lanes=4, **{**TINY, "act_words": 64})
+    with pytest.raises(CompileError, match="activations do not fit"):
+        compile_program(program, small)
+    narrow = EngineParams(rows=2, cols=4, lanes=4, **{**TINY, "max_width": 4, "max_height": 4})
+    with pytest.raises(CompileError, match="width"):
+        compile_program(program, narrow)
+    few = EngineParams(rows=2, cols=4, lanes=4, **{**TINY, "weight_words": 16})
+    with pytest.raises(CompileError, match="weights do not fit"):
+        compile_program(program, few)
+
+
+def test_tensor_memory_is_reused():
+    """Without keep_all, tensors whose lifetimes do not overlap share activation words."""
+    program = random_program(seed=1, size=8, channels=8)
+    params = EngineParams(rows=2, cols=4, lanes=4, **TINY)
+    shared = compile_program(program, params)
+    separate = compile_program(program, params, keep_all=True)
+    peak = lambda c: max(p.base + p.words for p in c.places.values() if p.region == 5)  # noqa: E731
+    assert peak(shared) < peak(separate)
+    # a layer's output never overlaps its live inputs
+    for layer in program.layers:
+        out = shared.places[layer.output]
+        for name in (layer.input, layer.residual.tensor if layer.residual else None):
+            if name and out.region == shared.places[name].region:
+                src = shared.places[name]
+                assert out.base + out.words <= src.base or src.base + src.words <= out.base
