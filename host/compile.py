@@ -7,7 +7,7 @@ bitstream at hand:
 * **activations** — every tensor of the program gets a range of activation
   words (HWC, ``L`` channels per word, channels padded up to a multiple of
   ``L``). Tensors share memory when their lifetimes (first write .. last read)
-  do not overlap, first fit; ``keep_all=True`` gives every tensor its own range
+  do not overlap (largest first, each at the lowest free address); ``keep_all=True`` gives every tensor its own range
   so that a test can read back every layer's output after a run.
 * **weights** — per layer, for each group of ``Q`` output channels, one word per
   gathered input channel (``Q`` int8 lanes), in the order the tile feeder
@@ -152,7 +152,13 @@ def _allocate(program: Program, params: EngineParams, keep_all: bool) -> dict[st
     places: dict[str, TensorPlace] = {}
     taken: list[tuple[int, int, int, int]] = []      # (start, end, first, last) of placed ranges
     logit_next = 0
-    for name in sorted(first, key=lambda t: (first[t], t)):
+    # offline placement, largest tensors first (the big expanded "mid" maps get the low addresses and
+    # the small ones fill the gaps around them), each at the lowest address free for its whole lifetime
+    def size_of(t):
+        h, w, c = program.tensors[t].shape
+        return h * w * math.ceil(c / L)
+
+    for name in sorted(first, key=lambda t: (-size_of(t), first[t], t)):
         spec = program.tensors[name]
         h, w, c = spec.shape
         wpp = math.ceil(c / L)
@@ -170,7 +176,7 @@ def _allocate(program: Program, params: EngineParams, keep_all: bool) -> dict[st
         for start, end, f, l in sorted(taken):
             overlaps_in_time = not (life[1] < f or l < life[0])
             if overlaps_in_time and base < end and start < base + size:
-                base = end
+                base = max(base, end)
         if base + size > params.act_words:
             need = size + sum(e - s for s, e, f, l in taken if not (life[1] < f or l < life[0]))
             raise CompileError(f"activations do not fit: tensor {name!r} ({h}x{w}x{c}) needs {size} words at "

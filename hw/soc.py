@@ -102,4 +102,17 @@ def simulated_board(params: EngineParams = SIM_PARAMS, *, progress=None):
     from sim.board import SimulatedBoard
 
     name = f"engine_{params.rows}x{params.cols}_l{params.lanes}"
-    return SimulatedBoard(EngineSoC(params), name=name, progress=progress)
+    return SimulatedBoard(EngineSoC(params), name=name, progress=progress, source_key=_source_key(params))
+
+
+def _source_key(params: EngineParams) -> str:
+    """Digest of what the SoC's Verilog is generated from: every ``hw/*.py``, the numerics, the params, Amaranth."""
+    import hashlib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256(repr((params, version("amaranth"))).encode())
+    for path in sorted([*here.glob("*.py"), here.parent / "quant" / "numerics.py"]):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()

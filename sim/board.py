@@ -198,7 +198,7 @@ def _estimate_s(out_dir: Path) -> float:
 
 
 def build_board(top, *, name: str, jobs: int | None = None, verilator_args: Sequence[str] = (),
-                progress: Callable[[str], None] | None = None) -> Path:
+                progress: Callable[[str], None] | None = None, source_key: str | None = None) -> Path:
     """Build the simulated board executable for ``top`` (or re-use a cached build).
 
     Parameters
@@ -214,6 +214,11 @@ def build_board(top, *, name: str, jobs: int | None = None, verilator_args: Sequ
         Extra Verilator options (part of the cache key).
     progress : callable, optional
         Called with one message line when a build really starts.
+    source_key : str, optional
+        A digest of everything the design is generated from (the caller's
+        sources and parameters). When given and a build with the same key
+        exists, it is re-used without converting the design to Verilog, which
+        for a large SoC takes longer than starting the board.
 
     Returns
     -------
@@ -241,9 +246,19 @@ def build_board(top, *, name: str, jobs: int | None = None, verilator_args: Sequ
         jobs = int(os.environ.get("SHIFTFPGA_BUILD_JOBS", "2"))
     jobs = max(1, int(jobs))
 
-    text = verilog.convert(top, name=name)
     cpp = BOARD_MAIN.read_text()
     args = [*_VERILATOR_ARGS, *verilator_args]
+    quick_stamp = _board_dir(name) / "source.sha256"
+    quick_key = None
+    if source_key is not None:
+        quick_key = hashlib.sha256(json.dumps([source_key, cpp, args, name,
+                                               _simulator_version("verilator")]).encode()).hexdigest()
+        binary = _board_dir(name) / "obj" / name
+        with _locked(_board_dir(name) / ".lock"):
+            if quick_stamp.is_file() and quick_stamp.read_text().strip() == quick_key and binary.is_file():
+                return binary
+
+    text = verilog.convert(top, name=name)
     key = hashlib.sha256(json.dumps([text, cpp, args, name, _simulator_version("verilator")]).encode()).hexdigest()
 
     out_dir = _board_dir(name)
@@ -253,8 +268,11 @@ def build_board(top, *, name: str, jobs: int | None = None, verilator_args: Sequ
     log = out_dir / "build.log"
     with _locked(out_dir / ".lock"):
         if stamp.is_file() and stamp.read_text().strip() == key and binary.is_file():
+            if quick_key is not None:
+                quick_stamp.write_text(quick_key + "\n")
             return binary
         stamp.unlink(missing_ok=True)
+        quick_stamp.unlink(missing_ok=True)
         vfile = out_dir / f"{name}.v"
         vfile.write_text(text)
         cmd = ["verilator", *args, "-j", str(jobs), "--prefix", _PREFIX, "--top-module", name,
@@ -276,6 +294,8 @@ def build_board(top, *, name: str, jobs: int | None = None, verilator_args: Sequ
                                  f"compiler output in {log}")
             (out_dir / "build_seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
         stamp.write_text(key + "\n")
+        if quick_key is not None:
+            quick_stamp.write_text(quick_key + "\n")
     return binary
 
 
@@ -306,6 +326,8 @@ class SimulatedBoard:
         Compile jobs for a build (see :func:`build_board`).
     start_timeout : float
         Seconds to wait for the board to listen once built.
+    source_key : str, optional
+        See :func:`build_board`: skips the Verilog conversion when a build for it exists.
 
     Attributes
     ----------
@@ -327,7 +349,7 @@ class SimulatedBoard:
 
     def __init__(self, top, *, name: str, port: int = 0, progress: Callable[[str], None] | None = _stderr_progress,
                  idle_exit: float = 600.0, max_cycles: int | None = None, jobs: int | None = None,
-                 start_timeout: float = 30.0):
+                 start_timeout: float = 30.0, source_key: str | None = None):
         if not 0 <= int(port) <= 65535:
             raise ValueError(f"port must be 0..65535, not {port!r}")
         self.top = top
@@ -337,6 +359,7 @@ class SimulatedBoard:
         self.idle_exit = idle_exit
         self.max_cycles = max_cycles
         self.jobs = jobs
+        self.source_key = source_key
         self.start_timeout = start_timeout
         self.port: int | None = None
         self.stats: dict | None = None
@@ -350,7 +373,8 @@ class SimulatedBoard:
         """Build if needed, start the board and wait until it listens."""
         if self._proc is not None:
             raise RuntimeError("the simulated board is already running")
-        self.binary = build_board(self.top, name=self.name, jobs=self.jobs, progress=self.progress)
+        self.binary = build_board(self.top, name=self.name, jobs=self.jobs, progress=self.progress,
+                                  source_key=self.source_key)
         cmd = [str(self.binary), "--port", str(self._want_port), "--idle-exit", str(self.idle_exit),
                "--parent-pid", str(os.getpid()), "--exit-on-stdin-eof"]
         if self.max_cycles:
