@@ -192,6 +192,9 @@ def _allocate(program: Program, params: EngineParams, keep_all: bool) -> dict[st
 
 def _shift_program(shift_unit, layer: Layer, in_shape):
     h, w, c = in_shape
+    if layer.gather is None and layer.stride > 1:
+        # the reader fetches only the pixels on the stride grid: the unit sees the strided map
+        h, w = -(-h // layer.stride), -(-w // layer.stride)
     table = layer.gather if layer.gather is not None else np.array([[j, 0, 0] for j in range(c)])
     try:
         return shift_unit.program(table, width=w, height=h, c_in=c)
@@ -270,10 +273,16 @@ def compile_program(program: Program, params: EngineParams, *, keep_all: bool = 
             "pool_lo": pool.lo if pool else 0, "pool_hi": pool.hi if pool else 0,
         }
         res_place = places[res.tensor] if res else None
+        strided_read = layer.gather is None and layer.stride > 1
+        in_beats = math.ceil(c_in / L)
+        s = layer.stride
         fields = {
             "act_signed": int(src.signed),
             "res_signed": int(res_place.signed) if res_place else 0,
-            "stride_log2": {1: 0, 2: 1, 4: 2}[layer.stride],
+            # a strided read hands the feeder only kept pixels: no stride left to apply
+            "stride_log2": 0 if strided_read else {1: 0, 2: 1, 4: 2}[s],
+            "rd_skip": (s - 1) * in_beats if strided_read else 0,
+            "rd_row_skip": (s * w - wo * s) * in_beats if strided_read else 0,
             "in_base": src.base,
             "out_base": dst.base,
             "res_base": res_place.base if res_place else 0,

@@ -47,6 +47,8 @@ class Board:
         nextpnr-ecp5 package (``CABGA381``).
     multipliers : int
         ``MULT18X18D`` on the part.
+    block_rams : int
+        ``DP16KD`` (18 Kbit EBR) on the part.
     engine : tuple[int, int]
         Default engine shape (P, Q); ``P * Q <= multipliers``.
     clock_mhz : float
@@ -63,6 +65,7 @@ class Board:
     nextpnr_device: str
     package: str
     multipliers: int
+    block_rams: int
     engine: tuple
     clock_mhz: float = 150.0
     ecppack_opts: tuple = ("--compress",)
@@ -78,19 +81,19 @@ class Board:
 REDUCED_ENGINE = (2, 2)
 
 BOARDS = {b.name: b for b in [
-    Board("ulx3s", "ulx3s", "ULX3S_85F_Platform", "LFE5U-85F", "--85k", "CABGA381", 156, (8, 8),
+    Board("ulx3s", "ulx3s", "ULX3S_85F_Platform", "LFE5U-85F", "--85k", "CABGA381", 156, 208, (8, 8),
           loader_board="ulx3s"),
-    Board("ulx3s-45f", "ulx3s", "ULX3S_45F_Platform", "LFE5U-45F", "--45k", "CABGA381", 72, (8, 9),
+    Board("ulx3s-45f", "ulx3s", "ULX3S_45F_Platform", "LFE5U-45F", "--45k", "CABGA381", 72, 108, (8, 9),
           loader_board="ulx3s"),
-    Board("ulx3s-25f", "ulx3s", "ULX3S_25F_Platform", "LFE5U-25F", "--25k", "CABGA381", 28, (4, 7),
+    Board("ulx3s-25f", "ulx3s", "ULX3S_25F_Platform", "LFE5U-25F", "--25k", "CABGA381", 28, 56, (4, 7),
           loader_board="ulx3s"),
-    Board("ulx3s-12f", "ulx3s", "ULX3S_12F_Platform", "LFE5U-12F", "--12k", "CABGA381", 28, (4, 6),
+    Board("ulx3s-12f", "ulx3s", "ULX3S_12F_Platform", "LFE5U-12F", "--12k", "CABGA381", 28, 56, (4, 6),
           loader_board="ulx3s"),
     Board("orangecrab", "orangecrab_r0_2", "OrangeCrabR0_2_25FPlatform", "LFE5U-25F", "--25k", "CSFBGA285",
-          28, (4, 7), clock_mhz=100.0, ecppack_opts=("--compress", "--freq", "38.8"),
+          28, 56, (4, 7), clock_mhz=100.0, ecppack_opts=("--compress", "--freq", "38.8"),
           loader_board="orangecrab"),
     Board("orangecrab-85f", "orangecrab_r0_2", "OrangeCrabR0_2_85FPlatform", "LFE5U-85F", "--85k", "CSFBGA285",
-          156, (8, 8), clock_mhz=100.0, ecppack_opts=("--compress", "--freq", "38.8"),
+          156, 208, (8, 8), clock_mhz=100.0, ecppack_opts=("--compress", "--freq", "38.8"),
           loader_board="orangecrab"),
 ]}
 

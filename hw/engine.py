@@ -16,7 +16,8 @@ Data flow of one layer (one *pass* of docs/NUMERICS.md section 8)::
                                   +--> logits memory (RAW layers)
 
 * The **reader** streams the input tensor (``pixels * in_beats`` words of ``L``
-  bytes) into the shift unit, which applies the layer's gather table (a plain
+  bytes; for a strided 1x1 layer without a gather only the pixels on the
+  stride grid) into the shift unit, which applies the layer's gather table (a plain
   shift, shift-im2col of a KxK stem, or the identity for a 1x1 layer).
 * The **tile feeder** keeps the strided pixels, transposes ``P`` of them into
   its tile buffer and replays the tile once per group of ``Q`` output
@@ -131,18 +132,32 @@ class Engine(wiring.Component):
         writes = Signal.like(desc.out_beats)
 
         # ------------------------------------------------------------ reader
-        rd_left = Signal(range(p.max_out_pixels * (p.max_cin // L + 1) + 1))
+        # Reads shift.height rows of shift.width pixels of in_beats words; after each pixel it skips
+        # rd_skip words and after each row rd_row_skip more (both 0 for a plain raster read; a strided
+        # 1x1 layer without a gather reads only the pixels it keeps).
         rd_addr = Signal.like(act_rd.addr)
+        rd_w = Signal.like(desc.shift.in_beats)
+        rd_x = Signal.like(desc.shift.width)
+        rd_y = Signal.like(desc.shift.height)
+        rd_active = Signal()
         rd_valid = Signal()
         rd_adv = Signal()
         m.d.comb += rd_adv.eq(~rd_valid | shift.i.ready)
         with m.If(start):
-            m.d.sync += [rd_left.eq(desc.shift.pixels * desc.shift.in_beats), rd_addr.eq(desc.in_base),
+            m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1),
                          rd_valid.eq(0)]
         with m.Elif(in_run & rd_adv):
-            m.d.sync += rd_valid.eq(rd_left != 0)
-            with m.If(rd_left != 0):
-                m.d.sync += [rd_left.eq(rd_left - 1), rd_addr.eq(rd_addr + 1)]
+            m.d.sync += rd_valid.eq(rd_active)
+            with m.If(rd_active):
+                with m.If(rd_w + 1 != desc.shift.in_beats):
+                    m.d.sync += [rd_w.eq(rd_w + 1), rd_addr.eq(rd_addr + 1)]
+                with m.Elif(rd_x + 1 != desc.shift.width):
+                    m.d.sync += [rd_w.eq(0), rd_x.eq(rd_x + 1), rd_addr.eq(rd_addr + 1 + desc.rd_skip)]
+                with m.Else():
+                    m.d.sync += [rd_w.eq(0), rd_x.eq(0), rd_y.eq(rd_y + 1),
+                                 rd_addr.eq(rd_addr + 1 + desc.rd_skip + desc.rd_row_skip)]
+                    with m.If(rd_y + 1 == desc.shift.height):
+                        m.d.sync += rd_active.eq(0)
         m.d.comb += [
             shift.i.valid.eq(rd_valid),
             shift.i.payload.as_value().eq(act_rd.data),
@@ -362,7 +377,7 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.comb += [act_wr.addr.eq(addr_fifo.r_data), act_wr.data.eq(out_bytes),
                                      act_wr.en.eq(1)]
-                with m.If((writes == desc.out_beats) & (rd_left == 0) & ~rd_valid & ~shift.busy
+                with m.If((writes == desc.out_beats) & ~rd_active & ~rd_valid & ~shift.busy
                           & ~stage.busy & ~start):
                     m.next = "COUNT0"
             with m.State("COUNT0"):

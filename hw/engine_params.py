@@ -188,6 +188,8 @@ def descriptor_layout(params: EngineParams, shift_cfg_layout) -> data.StructLayo
         "in_base": act_addr,       # input tensor, activation word address
         "out_base": act_addr,      # output tensor (activation or logits word address)
         "res_base": act_addr,      # residual tensor
+        "rd_skip": act_addr,       # reader: words skipped after each pixel read ((s-1) * in_beats when strided)
+        "rd_row_skip": act_addr,   # reader: words skipped after each row read
         "out_words": unsigned(bits_for(math.ceil(params.max_cout / params.lanes))),  # words per output pixel
         "c_gather": chans,         # tile length (input channels of the 1x1 after the gather)
         "c_out": chans,

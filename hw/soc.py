@@ -116,3 +116,83 @@ def _source_key(params: EngineParams) -> str:
     for path in sorted([*here.glob("*.py"), here.parent / "quant" / "numerics.py"]):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- real boards
+
+#: ``MULT18X18D`` used by the engine besides the ``rows x cols`` array: the output stage's ``5 * lanes``.
+OUTPUT_STAGE_MULTS_PER_LANE = 5
+
+#: Engine configuration of the SoC per ECP5 part (``python -m hw.build --core soc``). Sized so that
+#: the multipliers (``rows * cols + 5 * lanes``) and the block RAMs (:func:`estimate_resources`)
+#: fit the part with some margin; docs/BUILD.md has the arithmetic and what each one can run.
+SOC_PARAMS = {
+    # 148 of 156 MULT18X18D; ShiftResNet-20 E=1..2 at 32x32 (E=2: 32768 activation words live)
+    "LFE5U-85F": EngineParams(rows=8, cols=16, lanes=4, act_words=32768, weight_words=4096, max_layers=32,
+                              sched_words=512, table_words=2048, logit_words=16, max_width=32, max_height=32,
+                              max_cin=128, max_gather=128, radius=1, max_cout=128),
+    # 68 of 72; ShiftResNet-20 E=1..2 at 16x16 (E=1 at 32x32 needs ~112 EBR: 80 for the activations)
+    "LFE5U-45F": EngineParams(rows=6, cols=8, lanes=4, act_words=8192, weight_words=8192, max_layers=32,
+                              sched_words=512, table_words=2048, logit_words=16, max_width=16, max_height=16,
+                              max_cin=128, max_gather=128, radius=1, max_cout=128),
+    # 26 of 28; ShiftResNet-20 E=1 at 16x16
+    "LFE5U-25F": EngineParams(rows=4, cols=4, lanes=2, act_words=10240, weight_words=8704, max_layers=32,
+                              sched_words=512, table_words=1024, logit_words=16, max_width=16, max_height=16,
+                              max_cin=64, max_gather=64, radius=1, max_cout=64),
+}
+SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
+
+#: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
+REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=4, lanes=4, act_words=512, weight_words=512, max_layers=4,
+                                  sched_words=64, table_words=64, logit_words=4, max_width=8, max_height=8,
+                                  max_cin=16, max_gather=16, radius=1, max_cout=16)
+
+#: ECP5 DP16KD (18 Kbit) aspect ratios, ``(width, depth)``; 36 bits wide only as a simple dual port,
+#: which is all the engine's memories need (one write port, one read port per copy).
+_EBR_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+
+def ebr_count(width: int, depth: int) -> int:
+    """``DP16KD`` blocks for one ``width x depth`` memory with one write and one read port."""
+    return min(-(-width // w) * -(-depth // d) for w, d in _EBR_SHAPES)
+
+
+def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
+    """Multipliers and block RAMs of :class:`UartSoC` with ``params``, before synthesis.
+
+    Returns ``{"MULT18X18D": n, "DP16KD": n, "memories": {name: {"width", "depth", "copies", "DP16KD"}}}``.
+    A memory read through two ports is stored twice (a ``DP16KD`` has one write and one read port
+    per copy): the activation memory (sequential reader and residual read). Memories that Yosys puts
+    into LUT RAM instead (small ones: the output stage's tables, the counters) are not counted; the
+    figure agrees with ``synth_ecp5`` to within a few blocks (docs/BUILD.md).
+    """
+    from amaranth.utils import ceil_log2
+
+    from .engine_params import DESC_WORDS
+    from .output_stage import TableEntry
+
+    p = params
+    unit = p.shift_unit(for_host=True)
+    slot = unit.slot_layout.size
+    mems = {  # name: (width, depth, copies)
+        "act": (8 * p.lanes, p.act_words, 2),
+        "weight": (8 * p.cols, p.weight_words, 1),
+        "desc": (32, p.max_layers * DESC_WORDS, 1),
+        "sched": (slot, p.sched_words, 1),
+        "table": (TableEntry.size, p.table_words, 1),
+        "logits": (32 * p.lanes, p.logit_words, 1),
+        "shift_ring": (unit.elem_shape.width, unit.depth, p.lanes),
+        "shift_sched": (slot, unit.max_slots, 1),
+        "tile_buffer": (8 * p.lanes, 2 * p.gather_words, p.rows),
+        "link_buffer": (32, max_words, 1),
+    }
+    out = {}
+    for name, (w, d, copies) in mems.items():
+        # Yosys keeps shallow memories (<= 64 words here) in LUT RAM
+        blocks = 0 if d <= 64 else ebr_count(w, 1 << ceil_log2(d) if d < 512 else d)
+        out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": blocks * copies}
+    return {
+        "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes,
+        "DP16KD": sum(v["DP16KD"] for v in out.values()),
+        "memories": out,
+    }

@@ -8,10 +8,10 @@ together with ``Q`` weights. The feeder sits between them:
 * **Write side.** Beats of the pixels that survive the stride (``x`` and ``y``
   multiples of ``2**stride_log2``; the others are consumed and dropped) are
   written into a tile buffer: ``P`` banks, one per pixel slot of the tile,
-  two halves (double buffering). Pixel ``p`` of a tile, beat ``b`` goes to
-  bank ``p``, word ``half * gather_words + b``. A half is *full* after ``P``
+  ``TILE_SLOTS`` tiles deep (a ring). Pixel ``p`` of a tile, beat ``b`` goes to
+  bank ``p``, word ``slot * gather_words + b``. A slot is *full* after ``P``
   pixels, or after the last output pixel of the layer (a partial tile).
-* **Read side.** A full half is replayed once per output-channel group
+* **Read side.** A full slot is replayed once per output-channel group
   ``g = 0 .. groups-1`` (``Q`` channels each): for ``ci = 0 .. c_gather-1`` one
   array beat with byte ``ci % L`` of word ``ci // L`` of every bank, and the
   weight word ``w_base + g * c_gather + ci`` (``Q`` int8 lanes). The weight
@@ -33,7 +33,7 @@ feeder, sets the pace.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Array, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -41,7 +41,11 @@ from amaranth.utils import bits_for, ceil_log2
 
 from .engine_params import EngineParams
 
-__all__ = ["TileFeeder", "tag_layout"]
+__all__ = ["TileFeeder", "tag_layout", "TILE_SLOTS"]
+
+#: Tiles the buffer holds (a power of two). Two would be double buffering; four absorb the
+#: bursts of a strided layer, where whole input rows pass without a kept pixel.
+TILE_SLOTS = 4
 
 
 def tag_layout(params: EngineParams) -> data.StructLayout:
@@ -118,15 +122,16 @@ class TileFeeder(wiring.Component):
 
         banks = []
         for k in range(P):
-            mem = Memory(shape=8 * L, depth=2 * GW, init=[])
+            mem = Memory(shape=8 * L, depth=TILE_SLOTS * GW, init=[])
             m.submodules[f"bank{k}"] = mem
             banks.append((mem.write_port(), mem.read_port(transparent_for=())))
 
         # ------------------------------------------------------------ write side
-        full = Signal(2)
-        n_pix = [Signal(range(P + 1), name=f"n_pix{h}") for h in range(2)]
-        pix0 = [Signal(self._tag_layout["pix0"].shape, name=f"pix0_{h}") for h in range(2)]
-        whalf = Signal()
+        S = TILE_SLOTS
+        full = Signal(S)
+        n_pix = Array(Signal(range(P + 1), name=f"n_pix{h}") for h in range(S))
+        pix0 = Array(Signal(self._tag_layout["pix0"].shape, name=f"pix0_{h}") for h in range(S))
+        wslot = Signal(range(S))
         wp = Signal(range(P))
         b = Signal.like(cfg.g_words)
         x = Signal.like(cfg.width)
@@ -138,12 +143,12 @@ class TileFeeder(wiring.Component):
         keep = Signal()
         m.d.comb += keep.eq(((x & smask) == 0) & ((y & smask) == 0))
 
-        m.d.comb += self.i.ready.eq(~full.bit_select(whalf, 1))
+        m.d.comb += self.i.ready.eq(~full.bit_select(wslot, 1))
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
         for k, (wr, _) in enumerate(banks):
             m.d.comb += [
-                wr.addr.eq(whalf * GW + b),
+                wr.addr.eq(wslot * GW + b),
                 wr.data.eq(self.i.payload.as_value()),
                 wr.en.eq(take & keep & (wp == k)),
             ]
@@ -162,18 +167,17 @@ class TileFeeder(wiring.Component):
                 close = (wp == P - 1) | (kept + 1 == cfg.out_pixels)
                 with m.If(close):
                     m.d.sync += [
-                        full.bit_select(whalf, 1).eq(1),
+                        full.bit_select(wslot, 1).eq(1),
                         wp.eq(0),
-                        whalf.eq(~whalf),
+                        wslot.eq(wslot + 1),
+                        n_pix[wslot].eq(wp + 1),
+                        pix0[wslot].eq(kept - wp),
                     ]
-                    for h in range(2):
-                        with m.If(whalf == h):
-                            m.d.sync += [n_pix[h].eq(wp + 1), pix0[h].eq(kept - wp)]
                 with m.Else():
                     m.d.sync += wp.eq(wp + 1)
 
         # ------------------------------------------------------------- read side
-        rhalf = Signal()
+        rslot = Signal(range(S))
         g = Signal.like(cfg.groups)
         ci = Signal.like(cfg.c_gather)
         waddr = Signal.like(self.w_addr)
@@ -187,10 +191,10 @@ class TileFeeder(wiring.Component):
         advance = Signal()
         m.d.comb += advance.eq(~v1 | self.o.ready)
         issue = Signal()
-        m.d.comb += issue.eq(advance & full.bit_select(rhalf, 1))
+        m.d.comb += issue.eq(advance & full.bit_select(rslot, 1))
         word = ci >> lg_l
         for _, rd in banks:
-            m.d.comb += [rd.addr.eq(rhalf * GW + word), rd.en.eq(advance)]
+            m.d.comb += [rd.addr.eq(rslot * GW + word), rd.en.eq(advance)]
         m.d.comb += [self.w_addr.eq(waddr), self.w_en.eq(advance)]
 
         tile_last = Signal()
@@ -203,17 +207,17 @@ class TileFeeder(wiring.Component):
             m.d.sync += [
                 lane1.eq(ci[:lg_l] if lg_l else 0),
                 last1.eq(tile_last),
-                npix1.eq(Mux(rhalf, n_pix[1], n_pix[0])),
+                npix1.eq(n_pix[rslot]),
                 nchan1.eq(Mux(chans_left > Q, Q, chans_left)),
-                tag1.pix0.eq(Mux(rhalf, pix0[1], pix0[0])),
+                tag1.pix0.eq(pix0[rslot]),
                 tag1.group.eq(g),
                 waddr.eq(waddr + 1),
                 ci.eq(Mux(tile_last, 0, ci + 1)),
             ]
             with m.If(tile_last):
                 with m.If(g + 1 == cfg.groups):
-                    m.d.sync += [g.eq(0), rhalf.eq(~rhalf), waddr.eq(cfg.w_base),
-                                 full.bit_select(rhalf, 1).eq(0)]
+                    m.d.sync += [g.eq(0), rslot.eq(rslot + 1), waddr.eq(cfg.w_base),
+                                 full.bit_select(rslot, 1).eq(0)]
                 with m.Else():
                     m.d.sync += g.eq(g + 1)
 
@@ -235,8 +239,8 @@ class TileFeeder(wiring.Component):
 
         # a new layer: both sides from the top (the tile buffer contents do not matter)
         with m.If(self.start):
-            m.d.sync += [full.eq(0), whalf.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
-                         rhalf.eq(0), g.eq(0), ci.eq(0), v1.eq(0), waddr.eq(cfg.w_base),
+            m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
+                         rslot.eq(0), g.eq(0), ci.eq(0), v1.eq(0), waddr.eq(cfg.w_base),
                          self.beats.eq(0)]
         return m
 

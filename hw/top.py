@@ -11,10 +11,15 @@ board pins it wants:
 * ``leds``: ``Out(n)``, shown on the board's LEDs. When the board has fewer
   LEDs than ``n`` the bits are XOR-folded onto them; the last LED shows the PLL
   lock when the board has at least two.
+* ``rx``: ``In(1)`` and ``tx``: ``Out(1)``, the host UART: wired to the board's
+  ``uart`` resource (amaranth-boards' ``UARTResource``: its ``rx`` subsignal is
+  the FPGA's input, ``tx`` its output, whatever the role; on the ULX3S these are
+  the FT231X's TXD (pin M1) and RXD (pin L4)). A board without a ``uart``
+  resource raises :class:`NoUART`. ``rx`` goes in unsynchronised (the core's
+  UART receiver has its own synchroniser).
 
-(The SoC will add ``uart`` and ``sdram`` members; this is where they get wired.)
-
-Two cores live here until the real SoC exists. Neither is the product:
+The product is :class:`hw.soc.UartSoC` (host link + engine). Two more cores live
+here; neither is the product:
 
 * :class:`EngineProbe` -- a *timing and resource probe* of the multiplier array
   (:class:`hw.systolic.SystolicArray`): free-running LFSRs feed random
@@ -37,7 +42,11 @@ from amaranth.lib.wiring import Out
 
 from .pll import PLL, pll_params
 
-__all__ = ["BoardTop", "EngineProbe", "Counter", "xor_tree"]
+__all__ = ["BoardTop", "EngineProbe", "Counter", "NoUART", "xor_tree"]
+
+
+class NoUART(ValueError):
+    """The core wants UART pins (``rx``/``tx``) and the board has no ``uart`` resource."""
 
 
 def xor_tree(m, bits, name, *, domain="sync"):
@@ -212,7 +221,21 @@ class BoardTop(Elaboratable):
         m.submodules.rst_sync = ResetSynchronizer(~pll.locked, domain="sync")
         m.submodules.core = core = self._core
 
-        if "leds" in core.signature.members:
+        members = core.signature.members
+        if "rx" in members or "tx" in members:
+            try:
+                uart = platform.request("uart", 0, dir="-")
+            except ResourceError:
+                raise NoUART(f"{type(platform).__name__} has no 'uart' resource for the core's "
+                             "rx/tx") from None
+            if "rx" in members:
+                m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
+                m.d.comb += core.rx.eq(rx_buf.i)
+            if "tx" in members:
+                m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
+                m.d.comb += tx_buf.o.eq(core.tx)
+
+        if "leds" in members:
             pins = self._led_pins(platform)
             outs = []
             for k, pin in enumerate(pins):
