@@ -191,3 +191,16 @@ def test_board_does_not_outlive_parent(board):
     t0 = time.monotonic()
     out = subprocess.run([str(board.binary), "--idle-exit", "0.3"], capture_output=True, text=True, timeout=10)
     assert out.returncode == 0 and "no client" in out.stderr and time.monotonic() - t0 < 5
+
+
+def test_serial_device_through_a_pty(board, rng):
+    """The same board as a serial device (``sim.pty_relay``), opened by pyserial like a real board."""
+    from host.transport import SerialTransport
+    from sim.pty_relay import PtyRelay
+
+    words = [rng.getrandbits(32) for _ in range(1000)]
+    with PtyRelay("127.0.0.1", board.port) as relay:
+        with Link(SerialTransport(relay.path), timeout=2.0) as link:
+            assert link.ping().ident == IDENT
+            link.write(0x200, words)
+            assert link.read(0x200, len(words)) == words
