@@ -97,23 +97,31 @@ class UartSoC(wiring.Component):
         return m
 
 
-def simulated_board(params: EngineParams = SIM_PARAMS, *, progress=None):
-    """The simulated board (a context manager, :class:`sim.board.SimulatedBoard`) running :class:`EngineSoC`."""
+def simulated_board(params: EngineParams = SIM_PARAMS, *, progress=None, **board_options):
+    """The simulated board (a context manager, :class:`sim.board.SimulatedBoard`) running :class:`EngineSoC`.
+
+    ``board_options`` go to :class:`~sim.board.SimulatedBoard` (``port``, ``idle_exit``, ...).
+    """
     from sim.board import SimulatedBoard
 
     name = f"engine_{params.rows}x{params.cols}_l{params.lanes}"
-    return SimulatedBoard(EngineSoC(params), name=name, progress=progress, source_key=_source_key(params))
+    return SimulatedBoard(EngineSoC(params), name=name, progress=progress, source_key=_source_key(params),
+                          **board_options)
 
 
 def _source_key(params: EngineParams) -> str:
-    """Digest of what the SoC's Verilog is generated from: every ``hw/*.py``, the numerics, the params, Amaranth."""
+    """Digest of what the SoC's Verilog is generated from: its ``hw/`` sources, the numerics, the params, Amaranth."""
     import hashlib
     from importlib.metadata import version
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
     h = hashlib.sha256(repr((params, version("amaranth"))).encode())
-    for path in sorted([*here.glob("*.py"), here.parent / "quant" / "numerics.py"]):
+    # the hw modules loaded now include everything EngineSoC is built from (engine.py imports them all)
+    import sys
+
+    sources = sorted(Path(mod.__file__) for name, mod in list(sys.modules.items())
+                     if (name.startswith("hw.") or name == "quant.numerics") and getattr(mod, "__file__", None))
+    for path in sources:
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
 
