@@ -188,35 +188,48 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
+        # stage Z registers the array beat with its word offset (the one multiply), stage A issues
+        # the residual read at that offset and presents the beat to the output stage one cycle later
         mode = desc.out.mode
         ao = array.o.payload
         tag = data.View(tag_layout(p), ao.tag)
         chan_abs = Signal(range(p.max_cout + Q))
         out_pix = Signal(range(p.max_out_pixels + P))
         m.d.comb += [chan_abs.eq(tag.group * Q + ao.chan), out_pix.eq(tag.pix0 + ao.pixel)]
-        word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
-        m.d.comb += word_off.eq(out_pix * desc.out_words + (chan_abs >> lg_l))
 
+        z_valid = Signal()
+        z_acc = Signal.like(ao.acc)
+        z_chan = Signal.like(stage.i.payload.chan)
+        z_mask = Signal.like(ao.mask)
+        z_first, z_last = Signal(), Signal()
+        z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
         a_valid = Signal()
         a_acc = Signal.like(ao.acc)
         a_chan = Signal.like(stage.i.payload.chan)
         a_mask = Signal.like(ao.mask)
         a_first, a_last = Signal(), Signal()
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
-        a_adv = Signal()
-        m.d.comb += [a_adv.eq(~a_valid | stage.i.ready), array.o.ready.eq(a_adv)]
-        with m.If(a_adv):
-            m.d.sync += a_valid.eq(array.o.valid)
+        z_adv, a_adv = Signal(), Signal()
+        m.d.comb += [a_adv.eq(~a_valid | stage.i.ready), z_adv.eq(~z_valid | a_adv), array.o.ready.eq(z_adv)]
+        with m.If(z_adv):
+            m.d.sync += z_valid.eq(array.o.valid)
             with m.If(array.o.valid):
                 m.d.sync += [
-                    a_acc.eq(ao.acc), a_chan.eq(chan_abs), a_mask.eq(ao.mask),
-                    a_first.eq(out_pix == 0), a_last.eq(out_pix + 1 == desc.out_pixels),
-                    a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (chan_abs >> lg_l),
-                                  Mux(mode == Mode.RAW, word_off, desc.out_base + word_off))),
+                    z_acc.eq(ao.acc), z_chan.eq(chan_abs), z_mask.eq(ao.mask),
+                    z_first.eq(out_pix == 0), z_last.eq(out_pix + 1 == desc.out_pixels),
+                    z_word_off.eq(out_pix * desc.out_words + (chan_abs >> lg_l)),
+                ]
+        with m.If(a_adv):
+            m.d.sync += a_valid.eq(z_valid)
+            with m.If(z_valid):
+                m.d.sync += [
+                    a_acc.eq(z_acc), a_chan.eq(z_chan), a_mask.eq(z_mask), a_first.eq(z_first), a_last.eq(z_last),
+                    a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (z_chan >> lg_l),
+                                  Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off))),
                 ]
         with m.If(start):
-            m.d.sync += a_valid.eq(0)
-        m.d.comb += [act_res.addr.eq(desc.res_base + word_off), act_res.en.eq(a_adv)]
+            m.d.sync += [z_valid.eq(0), a_valid.eq(0)]
+        m.d.comb += [act_res.addr.eq(desc.res_base + z_word_off), act_res.en.eq(a_adv)]
 
         sp = stage.i.payload
         m.d.comb += [
