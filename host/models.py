@@ -45,7 +45,7 @@ class ModelError(ValueError):
 
 def resolve_program(name: str | None, expansion: float | None = None, bits: str | None = None,
                     weights: str | Path | None = None, *, trained_dir: str | Path | None = None,
-                    progress: Callable[[str], None] | None = None):
+                    progress: Callable[[str], None] | None = None, dataset: str | None = None):
     """The program to run and a one-line description of where it came from.
 
     Parameters
@@ -64,6 +64,9 @@ def resolve_program(name: str | None, expansion: float | None = None, bits: str 
         Where committed trained programs live (default :data:`TRAINED_DIR`).
     progress : callable, optional
         Called with a line before slow steps (exporting a model takes seconds).
+    dataset : str, optional
+        Only a trained program of this dataset (``cifar10``, ``fashion-mnist``);
+        default: any, CIFAR-10 preferred.
 
     Returns
     -------
@@ -84,7 +87,10 @@ def resolve_program(name: str | None, expansion: float | None = None, bits: str 
     if name is None:
         raise ModelError("give --model NAME (or --weights FILE)")
     model_args = _model_args(name, expansion)
-    found = find_trained(name, model_args.get("expansion"), bits, trained_dir)
+    found = find_trained(name, model_args.get("expansion"), bits, trained_dir, dataset=dataset)
+    if found is None and dataset is not None:
+        raise ModelError(f"no trained {name} program for dataset {dataset!r} in "
+                         f"{_shown(Path(trained_dir or TRAINED_DIR))}")
     if found is not None:
         from quant.program import load
 
@@ -221,11 +227,11 @@ def _read_header(path: Path) -> dict | None:
 
 
 def find_trained(name: str, expansion: float | None = None, bits: str | None = None,
-                 trained_dir: str | Path | None = None) -> Path | None:
-    """The committed trained program for ``name`` (and E, bits), or None.
+                 trained_dir: str | Path | None = None, *, dataset: str | None = None) -> Path | None:
+    """The committed trained program for ``name`` (and E, bits, dataset), or None.
 
-    Only headers are read (cheap). Among several matches: w8a8 before w4a4, then by
-    file name. Files whose header says ``meta.trained == false`` are not "trained".
+    Only headers are read (cheap). Among several matches: w8a8 before w4a4, then
+    CIFAR-10 before other datasets, then by file name. Files whose header says ``meta.trained == false`` are not "trained".
     """
     folder = Path(trained_dir or TRAINED_DIR)
     if not folder.is_dir():
@@ -246,8 +252,11 @@ def find_trained(name: str, expansion: float | None = None, bits: str | None = N
         have_bits = _header_bits(meta, tensor_bits)
         if bits is not None and have_bits != bits:
             continue
-        candidates.append((have_bits != "w8a8", path.name, path))
-    return min(candidates)[2] if candidates else None
+        trained_on = meta.get("dataset") if isinstance(meta, dict) else None
+        if dataset is not None and trained_on != dataset:
+            continue
+        candidates.append((have_bits != "w8a8", trained_on != "cifar10", path.name, path))
+    return min(candidates)[-1] if candidates else None
 
 
 def _provenance(program) -> str:

@@ -127,6 +127,8 @@ examples:
     g.add_argument("--expansion", type=float, metavar="E", help="expansion E of the shift modules "
                    "(default: the model's)")
     g.add_argument("--bits", choices=("w8a8", "w4a4"), help="quantisation (default: w8a8 when there is a choice)")
+    g.add_argument("--dataset", help="pick the committed trained program of this dataset (cifar10, fashion-mnist; "
+                                     "default: CIFAR-10 when there is a choice)")
     g.add_argument("--weights", metavar="FILE", help=".shiftprog program or QAT checkpoint")
     g = p.add_argument_group("input")
     g.add_argument("--image", metavar="FILE", nargs="+", action="extend", help="input image(s), PNG or JPEG")
@@ -463,7 +465,8 @@ def _run(args, connect, compile_program) -> int:
     if args.program_fpga:
         program_fpga(target, _bitstream_path(args, target), note)
 
-    program, weights = resolve_program(args.model, args.expansion, args.bits, args.weights, progress=note)
+    program, weights = resolve_program(args.model, args.expansion, args.bits, args.weights, progress=note,
+                                       dataset=args.dataset)
     images, input_text = read_inputs(args, program)
     out(rep.format_header([("model", _model_text(program)), ("weights", weights), ("input", input_text),
                            ("board", target.describe())]))

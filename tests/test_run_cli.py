@@ -165,6 +165,10 @@ def test_trained_program_is_found_and_preferred(program, tmp_path):
     assert find_trained("shiftresnet20", 6, None, tmp_path) is None
     assert find_trained("shiftresnet56", 1, None, tmp_path) is None
     assert find_trained("shiftresnet20", 1, None, tmp_path / "missing") is None
+    fm = put("a_fm.shiftprog", meta={"bits": "w8a8", "dataset": "fashion-mnist"})
+    assert find_trained("shiftresnet20", 1, None, tmp_path) == w8          # CIFAR-10 preferred
+    assert find_trained("shiftresnet20", 1, None, tmp_path, dataset="fashion-mnist") == fm
+    assert find_trained("shiftresnet20", 1, None, tmp_path, dataset="cifar100") is None
 
     found, description = resolve_program("shiftresnet20", 1, "w8a8", None, trained_dir=tmp_path)
     assert description.startswith("trained program") and "b_w8.shiftprog" in description
