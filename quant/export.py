@@ -1,7 +1,8 @@
 """Export: a Brevitas twin (``quant.qat.QuantNet``) -> the integer program.
 
 Every constant is computed as docs/NUMERICS.md says: BatchNorm is folded into a
-per-channel real factor and an integer bias on the accumulator grid, the factor
+per-channel real factor and an integer bias on the accumulator grid (a twin
+folded by ``quant.qat.fold_bn`` has no BN left: factor 1, its own bias), the factor
 becomes a multiplier/shift pair (``numerics.quantize_multiplier``), a negative
 BN gain flips the sign of the channel's weights, KxK convolutions become
 shift-im2col gather tables, shifts become ``(c, dy, dx)`` tables.
@@ -20,7 +21,7 @@ from torch import nn
 from . import numerics
 from .lower import Pass
 from .program import Layer, Pool, Program, Requant, Residual, TensorSpec
-from .qat import QuantNet
+from .qat import BIAS_LIMIT, QuantNet, accumulator_bias
 from .synthetic import im2col_table
 
 __all__ = ["to_program", "ExportError"]
@@ -49,7 +50,11 @@ def _gather_and_weight(p: Pass, w_int: torch.Tensor) -> tuple[np.ndarray | None,
 
 
 def _fold(p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (gain, offset) of BN (and conv bias) in float64: y = gain * conv_nobias(x) + offset."""
+    """Per-channel (gain, offset) of BN (and conv bias) in float64: y = gain * conv_nobias(x) + offset.
+
+    A twin folded by ``quant.qat.fold_bn`` has no BN: gain 1, offset its bias
+    (which the twin already rounds onto the accumulator grid as ``_int_bias`` does).
+    """
     c_out = p.conv.out_features if isinstance(p.conv, nn.Linear) else p.conv.out_channels
     gain = torch.ones(c_out, dtype=torch.float64)
     offset = torch.zeros(c_out, dtype=torch.float64)
@@ -64,8 +69,9 @@ def _fold(p: Pass) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _int_bias(offset: torch.Tensor, unit: torch.Tensor, where: str) -> np.ndarray:
-    bias = torch.floor(offset / unit + 0.5)
-    limit = (1 << 30) - 1
+    # the BN-folded twin (quant.qat.fold_bn) rounds its bias with the same function
+    bias = accumulator_bias(offset, unit)
+    limit = BIAS_LIMIT
     if bias.abs().max() > limit:
         raise ExportError(f"{where}: a folded bias needs more than 31 bits (|bias| = {int(bias.abs().max())})")
     return bias.to(torch.int64).numpy()
@@ -238,6 +244,7 @@ def main(argv=None) -> int:
                 net, model=meta["model"], model_args=meta["model_kwargs"], input_shape=shape,
                 mean=meta["mean"], std=meta["std"], classes=meta.get("classes", ()),
                 meta={"trained": True, "bits": meta["bits"], "dataset": meta["dataset"],
+                      "scaling": meta.get("scaling", "float"), "bn_folded": bool(meta.get("bn_folded")),
                       "checkpoint": str(args.checkpoint)})
         save(program, args.output)
         if args.qonnx:

@@ -18,16 +18,26 @@ the golden model reproduces it (bit for bit where the scales are powers of two):
 The first layer (stem) and the classifier keep 8-bit weights, the input tensor
 8-bit activations; the classifier uses a per-tensor weight scale so that its
 raw integer logits order classes like the real logits do.
+
+``fold_bn(net)`` turns a trained twin into the *BN-folded* twin for the last
+fine-tuning stage (docs/TRAINING.md): every BatchNorm is merged into its
+convolution's weights and bias, and the bias is quantised on the accumulator
+grid (``s_in * s_w[c]``, round half up) exactly as the exporter does. With
+power-of-two scales that twin computes, in float32, exactly what the integer
+program computes (tests/test_export.py).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 
 from .lower import Graph, Pass, apply_pass, lower
 
-__all__ = ["BITS", "QuantNet", "prepare", "calibrate", "RoundHalfUpSte"]
+__all__ = ["BITS", "QuantNet", "prepare", "calibrate", "fold_bn", "accumulator_bias", "RoundHalfUpSte",
+           "BIAS_LIMIT"]
 
 #: bits name -> (weight bits, activation bits)
 BITS = {"w8a8": (8, 8), "w4a4": (4, 4)}
@@ -42,6 +52,68 @@ class RoundHalfUpSte(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + (torch.floor(x + 0.5) - x).detach()
+
+
+#: Largest magnitude of an integer bias (NUMERICS.md section 1: |bias| < 2**30).
+BIAS_LIMIT = (1 << 30) - 1
+
+
+def accumulator_bias(bias: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """A real bias as integers on the accumulator grid: ``floor(bias / unit + 1/2)`` in float64.
+
+    ``unit = s_in * s_w[c]`` is the real value of one accumulator step. The
+    exporter (``quant.export``) and the BN-folded twin both round with this
+    function, so they always agree on every bias word. The result is a float64
+    tensor holding integers (gradient straight through, see ``RoundHalfUpSte``).
+    """
+    return RoundHalfUpSte()(bias.double() / unit.double())
+
+
+class _AccumulatorBias:
+    """Mixin for a Brevitas layer whose float bias is added on the accumulator grid.
+
+    The layer's ``forward(x, input_scale)`` takes the real scale of its
+    (already quantised) input; the bias then becomes
+    ``clamp(accumulator_bias(b, s_in * s_w[c])) * s_in * s_w[c]``, the value of
+    the integer bias the exporter writes. Without ``input_scale`` (for example
+    during calibration, when the activation quantisers are off) the bias is
+    added as a float.
+    """
+
+    _acc_input_scale = None
+
+    def forward(self, x, input_scale=None):
+        self._acc_input_scale = input_scale
+        try:
+            return super().forward(x)
+        finally:
+            self._acc_input_scale = None
+
+    def inner_forward_impl(self, x, quant_weight, quant_bias):
+        s_in = self._acc_input_scale
+        w_scale = getattr(quant_weight, "scale", None)
+        if quant_bias is not None and s_in is not None and w_scale is not None:
+            unit = (s_in.detach().double() * w_scale.detach().double()).flatten()
+            unit = unit.expand(quant_bias.shape[0]) if unit.numel() == 1 else unit
+            q = accumulator_bias(quant_bias, unit).clamp(-BIAS_LIMIT, BIAS_LIMIT)
+            quant_bias = (q * unit).to(quant_bias.dtype)
+        return super().inner_forward_impl(x, quant_weight, quant_bias)
+
+
+def _acc_bias_classes():
+    from brevitas.nn import QuantConv2d, QuantLinear
+
+    global _ACC_CLASSES
+    if _ACC_CLASSES is None:
+        conv = type("AccBiasQuantConv2d", (_AccumulatorBias, QuantConv2d),
+                    {"__doc__": "QuantConv2d with its bias on the accumulator grid (quant.qat.fold_bn)."})
+        linear = type("AccBiasQuantLinear", (_AccumulatorBias, QuantLinear),
+                      {"__doc__": "QuantLinear with its bias on the accumulator grid (quant.qat.fold_bn)."})
+        _ACC_CLASSES = conv, linear
+    return _ACC_CLASSES
+
+
+_ACC_CLASSES = None
 
 
 def _quantizers(scaling: str):
@@ -98,9 +170,11 @@ class QuantNet(nn.Module):
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
         self.bits, self.scaling = bits, scaling
+        self.bn_folded = False
         w_bits, a_bits = BITS[bits]
         self.weight_bits, self.act_bits = w_bits, a_bits
         per_channel, per_tensor, signed_act, unsigned_act = _quantizers(scaling)
+        self._weight_quant = per_channel, per_tensor
 
         self.model = model
         self.graph: Graph = lower(model)
@@ -122,22 +196,26 @@ class QuantNet(nn.Module):
         self.acts = nn.ModuleDict(acts)
 
         for p in passes:
-            first_or_last = p is passes[0] or isinstance(p.conv, nn.Linear)
-            bits_here = 8 if first_or_last else w_bits
             old = p.conv
-            if isinstance(old, nn.Linear):
-                new = QuantLinear(old.in_features, old.out_features, bias=old.bias is not None,
-                                  weight_quant=per_tensor, weight_bit_width=bits_here)
-            else:
-                new = QuantConv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
-                                  padding=old.padding, bias=old.bias is not None,
-                                  weight_quant=per_channel, weight_bit_width=bits_here)
+            new = self._quant_layer(p, QuantConv2d, QuantLinear, bias=old.bias is not None)
             with torch.no_grad():
                 new.weight.copy_(old.weight)
                 if old.bias is not None:
                     new.bias.copy_(old.bias)
             _replace_module(model, old, new)
             p.conv = new
+
+    def _quant_layer(self, p: Pass, conv_cls, linear_cls, bias: bool) -> nn.Module:
+        """A Brevitas layer with the geometry of ``p.conv`` and the pass's weight quantiser."""
+        per_channel, per_tensor = self._weight_quant
+        old = p.conv
+        first_or_last = p is self.graph.passes[0] or isinstance(old, nn.Linear)
+        bits_here = 8 if first_or_last else self.weight_bits
+        if isinstance(old, nn.Linear):
+            return linear_cls(old.in_features, old.out_features, bias=bias,
+                              weight_quant=per_tensor, weight_bit_width=bits_here)
+        return conv_cls(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
+                        padding=old.padding, bias=bias, weight_quant=per_channel, weight_bit_width=bits_here)
 
     def act_for(self, tensor: str) -> nn.Module | None:
         owner = self.quantiser_of[tensor]
@@ -153,7 +231,11 @@ class QuantNet(nn.Module):
         for p in g.passes:
             act = self.act_for(p.output)
             res = tensors[p.residual] if p.residual else None
-            y = apply_pass(p, tensors[p.input], res, branch_act=act, act=act)
+            conv = None
+            if isinstance(p.conv, _AccumulatorBias):  # BN folded: the bias needs the input's scale
+                s_in = self.act_for(p.input).act_quant.scale()
+                conv = functools.partial(p.conv, input_scale=s_in)
+            y = apply_pass(p, tensors[p.input], res, conv=conv, branch_act=act, act=act)
             if p.pool and act is not None:
                 y = act(y)
             tensors[p.output] = y
@@ -179,4 +261,50 @@ def calibrate(net: QuantNet, batches) -> QuantNet:
         for x in batches:
             net(x)
     net.train(was_training)
+    return net
+
+
+@torch.no_grad()
+def fold_bn(net: QuantNet) -> QuantNet:
+    """Merge every BatchNorm into its convolution; put every bias on the accumulator grid (in place).
+
+    For a pass with BatchNorm (eval statistics), ``gain = gamma / sqrt(var + eps)``:
+
+        W'[c] = gain[c] * W[c]          b'[c] = gain[c] * (b[c] - mean[c]) + beta[c]
+
+    ``p.bn`` becomes None (the BatchNorm module of the float model an
+    ``nn.Identity``) and every layer, the classifier included, is rebuilt as a
+    Brevitas layer whose bias is quantised like the exporter's
+    (``accumulator_bias``: integer, scale ``s_in * s_w[c]``, round half up, at
+    most ``BIAS_LIMIT``). The weight quantisers are those of the twin; their
+    scales are weight statistics, so they follow the folded weights (the BN gain
+    is absorbed into the per-channel scale). The activation quantisers are kept.
+
+    With ``scaling="po2"`` the folded twin equals the exported integer program
+    bit for bit (every requantisation factor is then a power of two). Returns
+    ``net``, marked ``net.bn_folded = True``; folding twice is an error.
+    """
+    if net.bn_folded:
+        raise ValueError("the BatchNorm layers of this QuantNet are folded already")
+    conv_cls, linear_cls = _acc_bias_classes()
+    for p in net.graph.passes:
+        old = p.conv
+        weight = old.weight.detach().double()
+        c_out = weight.shape[0]
+        bias = (old.bias.detach().double() if old.bias is not None
+                else torch.zeros(c_out, dtype=torch.float64, device=weight.device))
+        if p.bn is not None:
+            bn = p.bn
+            gain = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            bias = gain * (bias - bn.running_mean.double()) + bn.bias.detach().double()
+            weight = weight * gain.view(-1, *([1] * (weight.dim() - 1)))
+            _replace_module(net.model, bn, nn.Identity())
+            p.bn = None
+        new = net._quant_layer(p, conv_cls, linear_cls, bias=True).to(old.weight.device)
+        new.weight.copy_(weight.to(old.weight.dtype))
+        new.bias.copy_(bias.to(old.weight.dtype))
+        new.train(old.training)
+        _replace_module(net.model, old, new)
+        p.conv = new
+    net.bn_folded = True
     return net

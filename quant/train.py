@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QAT: calibrate activation scales on N training batches before training")
     g.add_argument("--init", default=None, metavar="CKPT",
                    help="initial weights, e.g. a float checkpoint to start QAT from")
+    g.add_argument("--fold-bn", action="store_true",
+                   help="QAT with --scaling po2: fold the BatchNorm of the --init model into its "
+                        "convolutions (bias on the accumulator grid, quant.qat.fold_bn) and fine-tune "
+                        "that twin, which equals the exported integer program bit for bit")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | fashion-mnist")
     g.add_argument("--data-dir", default=None,
@@ -159,6 +163,13 @@ def _check_args(a: argparse.Namespace) -> None:
         v = getattr(a, name)
         if v is not None and not Path(v).is_file():
             raise UsageError(f"--{name} {v}: no such file")
+    if a.fold_bn:
+        if a.bits == "float" or a.scaling != "po2":
+            raise UsageError("--fold-bn needs a QAT run with power-of-two scales (--bits w8a8|w4a4 "
+                             "--scaling po2): only then does the folded twin equal the integer program")
+        if a.init is None:
+            raise UsageError("--fold-bn folds trained BatchNorm statistics: give the checkpoint to "
+                             "fine-tune with --init CKPT")
 
 
 def _default_out(a) -> str:
@@ -221,6 +232,17 @@ def quantize(model: nn.Module, bits: str, scaling: str = "float") -> nn.Module:
     except (ValueError, KeyError, NotImplementedError) as e:
         msg = e.args[0] if e.args else e
         raise UsageError(f"cannot quantise the model to {bits}: {msg}") from None
+
+
+def _fold_bn(model: nn.Module) -> int:
+    """``quant.qat.fold_bn(model)``; returns how many BatchNorm layers it folded."""
+    from quant import qat
+
+    if not isinstance(model, qat.QuantNet):
+        raise UsageError("BN folding needs a QAT model (quant.qat.QuantNet)")
+    n = sum(p.bn is not None for p in model.graph.passes)
+    qat.fold_bn(model)
+    return n
 
 
 def count_params(model: nn.Module) -> int:
@@ -289,14 +311,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                ) -> tuple[nn.Module, dict]:
     """Rebuild the trained model of a checkpoint: ``(model in eval mode, meta)``.
 
-    ``meta`` holds model name + kwargs, bits, dataset, classes, input normalisation
-    (``mean``/``std`` on [0, 1] pixels) and the input shape."""
+    ``meta`` holds model name + kwargs, bits, scaling, whether BatchNorm is folded
+    (``bn_folded``), dataset, classes, input normalisation (``mean``/``std`` on
+    [0, 1] pixels) and the input shape."""
     ck = load_checkpoint(path)
     meta = ck.get("meta")
     if not meta:
         raise CheckpointError(f"checkpoint {path} lacks the model description (meta)")
     model = build_model(meta["model"], dict(meta["model_kwargs"]))
     model = quantize(model, meta["bits"], meta.get("scaling", "float"))
+    if meta.get("bn_folded"):
+        _fold_bn(model)
     _load_state(model, ck["model"], f"checkpoint {path}")
     return model.to(device).eval(), meta
 
@@ -440,6 +465,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, ctx: qdist.Context,
 def _meta(a, model_kwargs: dict, splits, norm: Normalize) -> dict:
     info = splits.info
     return {"model": a.model, "model_kwargs": model_kwargs, "bits": a.bits, "scaling": a.scaling,
+            "bn_folded": bool(a.fold_bn),
             "dataset": info.name, "num_classes": info.num_classes,
             "in_channels": info.in_channels, "input_size": [info.size, info.size],
             "mean": list(norm.mean), "std": list(norm.std), "input_scale": 255,
@@ -472,10 +498,11 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
             if resume_ck.get("format") != CHECKPOINT_FORMAT or "optimizer" not in resume_ck:
                 raise CheckpointError(f"{last_path} is not a resumable checkpoint of quant.train")
             old = resume_ck["args"]
-            for k in ("model", "expansion", "dataset", "bits", "scaling"):
-                if old.get(k, "float" if k == "scaling" else None) != getattr(a, k):
-                    raise CheckpointError(f"--resume: {last_path} was trained with --{k} {old.get(k)}, "
-                                          f"not {getattr(a, k)}")
+            defaults = {"scaling": "float", "fold_bn": False}
+            for k in ("model", "expansion", "dataset", "bits", "scaling", "fold_bn"):
+                if old.get(k, defaults.get(k)) != getattr(a, k):
+                    raise CheckpointError(f"--resume: {last_path} was trained with --{k.replace('_', '-')} "
+                                          f"{old.get(k, defaults.get(k))}, not {getattr(a, k)}")
         elif not a.overwrite:
             raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue "
                              f"or --overwrite to start afresh")
@@ -491,9 +518,18 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
     model = build_model(a.model, model_kwargs)
     n_params = count_params(model)
     init_ck = load_checkpoint(a.init) if a.init else None
-    init_after = False
+    init_after = init_folded = False
     if init_ck is not None:
-        src_bits = (init_ck.get("meta") or {}).get("bits", "float")
+        src_meta = init_ck.get("meta") or {}
+        src_bits = src_meta.get("bits", "float")
+        init_folded = bool(src_meta.get("bn_folded"))
+        if init_folded and not a.fold_bn:
+            raise CheckpointError(f"--init {a.init} holds a BN-folded model (it has no BatchNorm); "
+                                  f"continue it with --fold-bn")
+        if a.fold_bn and src_bits != "float" and src_meta.get("scaling", "float") != a.scaling:
+            raise CheckpointError(f"--init {a.init} was trained with --scaling "
+                                  f"{src_meta.get('scaling', 'float')}; --fold-bn needs a --scaling "
+                                  f"{a.scaling} checkpoint (or a float one)")
         if src_bits == "float":
             _load_state(model, init_ck["model"], f"--init {a.init}")
             log(f"initialised from {a.init} (float weights)")
@@ -503,9 +539,15 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
             raise CheckpointError(f"--init {a.init} holds a {src_bits} model; it can start a "
                                   f"{src_bits} or a float run, not {a.bits}")
     model = quantize(model, a.bits, a.scaling)
+    if a.fold_bn and init_folded:  # the folded structure first, then its weights
+        _fold_bn(model)
     if init_after:
         _load_state(model, init_ck["model"], f"--init {a.init}")
-        log(f"initialised from {a.init} ({a.bits} weights)")
+        log(f"initialised from {a.init} ({a.bits} weights{', BN folded' if init_folded else ''})")
+    if a.fold_bn and not init_folded:
+        n_bn = _fold_bn(model)
+        log(f"folded {n_bn} BatchNorm layers into their convolutions (eval statistics); every bias is "
+            f"now on the accumulator grid (quant.qat.fold_bn)")
     model.to(device)
     teacher = None
     if a.teacher:

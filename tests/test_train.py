@@ -134,6 +134,58 @@ def test_qat_w8a8_smoke(env, capsys):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
+def test_fold_bn_fine_tune(env, capsys):
+    """QAT (po2) -> --fold-bn fine-tune: two steps, BN-free checkpoint that load_model rebuilds."""
+    models = pytest.importorskip("models")
+    qat = pytest.importorskip("quant.qat")
+    if "shiftresnet20" not in models.names():
+        pytest.skip("shiftresnet20 not registered yet")
+
+    def args(out, *extra):
+        a = common(env, out, "--bits", "w8a8", "--scaling", "po2", "--batch-size", "4",
+                   "--limit-eval-batches", "1", "--expansion", "1", "--no-progress", *extra)
+        a[1] = "shiftresnet20"
+        return a
+
+    base = env.root / "fold-base"
+    assert main(args(base, "--epochs", "0", "--calibrate-batches", "1")) == 0, capsys.readouterr().err
+    out = env.root / "fold"
+    assert main(args(out, "--epochs", "1", "--init", str(base / "final.pt"), "--fold-bn", "--lr", "0.001")) == 0
+    log = capsys.readouterr().out
+    assert "folded 21 BatchNorm layers" in log
+    r = json.loads((out / "result.json").read_text())
+    assert r["finished"] and r["steps_per_epoch"] == 2 and r["args"]["fold_bn"] is True
+    model, meta = load_model(out / "final.pt")
+    assert meta["bn_folded"] is True and meta["scaling"] == "po2"
+    assert all(p.bn is None for p in model.graph.passes) and model.bn_folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(isinstance(p.conv, qat._AccumulatorBias) and p.conv.bias is not None for p in model.graph.passes)
+    state = load_checkpoint(out / "final.pt")["model"]
+    assert not any("running_mean" in k for k in state)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), load_model(out / "best.pt")[0](x))  # one epoch: best == final
+
+    # a folded checkpoint continues only as a folded run
+    assert main(args(env.root / "fold2", "--epochs", "1", "--init", str(out / "final.pt"),
+                     "--limit-train-batches", "1")) == 2
+    assert "--fold-bn" in capsys.readouterr().err
+    assert main(args(env.root / "fold2", "--epochs", "1", "--init", str(out / "final.pt"), "--fold-bn",
+                     "--limit-train-batches", "1", "--lr", "0.001")) == 0
+    assert "BN folded" in capsys.readouterr().out
+    assert load_model(env.root / "fold2" / "final.pt")[1]["bn_folded"] is True
+
+    # po2 scales and a checkpoint to fold are required: one error line each
+    for extra in (["--scaling", "float", "--init", str(base / "final.pt")], []):
+        a = args(env.root / "fold-bad", "--epochs", "1", "--fold-bn")
+        if extra:
+            a[a.index("po2")] = "float"
+            a += extra[2:]
+        assert main(a) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--fold-bn" in err[0], err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
