@@ -274,8 +274,13 @@ def _read_build_report(path: Path) -> dict:
     return report
 
 
-def engine_clock(args, target: Target, rows: int, cols: int) -> rep.Clock:
-    """The clock for FPS: --fmax, else the build report's engine Fmax, else the target clock (assumed)."""
+def engine_clock(args, target: Target, rows: int, cols: int, params=None) -> rep.Clock:
+    """The clock for FPS: --fmax, else the clock of the SoC bitstream in the build report, else assumed.
+
+    A build report counts only when it is for the SoC (``core == "soc"``) with this engine's
+    parameters; FPS is then at the clock the bitstream runs at (its PLL output) when timing
+    was met, otherwise at the achieved Fmax, labelled as such.
+    """
     if args.fmax is not None:
         return rep.Clock(args.fmax, "--fmax")
     path, named = _build_report_path(args, target)
@@ -288,13 +293,20 @@ def engine_clock(args, target: Target, rows: int, cols: int) -> rep.Clock:
     shown = _shown(path)
     engine = report.get("engine") or {}
     fmax = report.get("engine_fmax_mhz")
-    if report.get("core") != "engine" or fmax is None:
-        return assumed(f"build report {shown} has no engine clock (core {report.get('core')!r})")
-    if (engine.get("rows"), engine.get("cols")) != (rows, cols):
+    if report.get("core") != "soc" or fmax is None:
+        return assumed(f"build report {shown} is not of the SoC (core {report.get('core')!r})")
+    built = report.get("engine_params")
+    if built is not None and hasattr(params, "as_dict"):
+        if built != params.as_dict():
+            return assumed(f"build report {shown} is for another engine configuration "
+                           f"({engine.get('rows')}x{engine.get('cols')}, {engine.get('lanes')} lanes)")
+    elif (engine.get("rows"), engine.get("cols")) != (rows, cols):
         return assumed(f"build report {shown} is for a {engine.get('rows')}x{engine.get('cols')} engine, "
                        f"not this {rows}x{cols} one")
-    met = "timing met" if report.get("timing_met") else "timing FAILED"
-    return rep.Clock(float(fmax), f"Fmax of {shown}, {rows}x{cols} engine, {met}")
+    clock_mhz = (report.get("clock") or {}).get("target_mhz")
+    if report.get("timing_met") and clock_mhz:
+        return rep.Clock(float(clock_mhz), f"clock of the bitstream in {shown} (timing met, Fmax {float(fmax):.1f} MHz)")
+    return rep.Clock(float(fmax), f"Fmax of {shown} (timing FAILED at the bitstream's clock)")
 
 
 def _bitstream_path(args, target: Target) -> Path:
@@ -477,7 +489,7 @@ def _run(args, connect, compile_program) -> int:
     with _on_link_error(target), connect(target, note) as acc:
         params = acc.params
         compiled = compile_program(program, params)
-        clock = engine_clock(args, target, int(params.rows), int(params.cols))
+        clock = engine_clock(args, target, int(params.rows), int(params.cols), params)
         t0 = time.monotonic()
         acc.load(compiled, progress=sys.stderr.isatty())
         upload_s = time.monotonic() - t0

@@ -429,10 +429,11 @@ def test_label_from_the_file_name(capsys, checkpoint):
     assert "UNTRAINED" not in out
 
 
-def _build_report(path, rows, cols, fmax=151.33, core="engine"):
+def _build_report(path, rows, cols, fmax=151.33, core="soc", clock_mhz=150.0, met=True):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"schema": "shiftfpga-build-report/1", "core": core, "timing_met": True,
+    path.write_text(json.dumps({"schema": "shiftfpga-build-report/1", "core": core, "timing_met": met,
                                 "engine": {"rows": rows, "cols": cols, "multipliers": rows * cols},
+                                "clock": {"target_mhz": clock_mhz},
                                 "engine_fmax_mhz": fmax, "files": {"bitstream": "top.bit"}}))
 
 
@@ -451,8 +452,17 @@ def test_fps_clock_from_build_report_or_assumed(monkeypatch, capsys, tmp_path, p
     assert c["assumed"] and c["mhz"] == 150.0 and "no build report: FPS at an assumed 150 MHz" in out
 
     _build_report(tmp_path / "build" / "ulx3s" / "report.json", ROWS, COLS)
-    c, out = clock()
-    assert not c["assumed"] and c["mhz"] == 151.33 and "build/ulx3s/report.json" in c["source"]
+    c, out = clock()   # timing met: FPS at the clock the bitstream runs at, not at the Fmax
+    assert not c["assumed"] and c["mhz"] == 150.0 and "build/ulx3s/report.json" in c["source"]
+
+    _build_report(tmp_path / "build" / "ulx3s" / "report.json", ROWS, COLS, fmax=42.5, met=False)
+    c, out = clock()   # timing failed: only the achieved Fmax is honest
+    assert not c["assumed"] and c["mhz"] == 42.5 and "FAILED" in c["source"]
+
+    probe = tmp_path / "probe.json"
+    _build_report(probe, ROWS, COLS, core="probe")
+    c, out = clock("--build-report", probe)
+    assert c["assumed"] and "not of the SoC" in out
 
     other = tmp_path / "other.json"
     _build_report(other, 12, 13, fmax=107.2)
