@@ -35,18 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 TARGET_MHZ = 150.0
 
 
-def _fmax(args) -> tuple[float, str]:
+def _fmax(args, params) -> tuple[float, str]:
+    """The clock of a SoC bitstream built with exactly these engine parameters, else the assumed target."""
     if args.fmax:
         return args.fmax, "given with --fmax"
     for path in sorted(Path("build").glob("*/report.json")):
         try:
             rep = json.loads(path.read_text())
-            mhz = rep.get("engine_fmax_mhz") or rep.get("fmax", {}).get("engine", {}).get("achieved")
-            if mhz:
-                return float(mhz), f"engine Fmax of {path}"
-        except (OSError, ValueError, AttributeError):
+            if rep.get("core") != "soc" or rep.get("engine_params") != params.as_dict():
+                continue
+            if rep.get("timing_met"):
+                return float(rep["clock"]["target_mhz"]), f"clock of the bitstream in {path} (timing met)"
+            return float(rep["engine_fmax_mhz"]), f"Fmax of {path} (timing FAILED at its clock)"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-    return TARGET_MHZ, "ASSUMED: the 150 MHz target clock (no build report found)"
+    return TARGET_MHZ, "ASSUMED: the 150 MHz target clock (no build report of this engine configuration)"
 
 
 def main(argv=None) -> int:
@@ -56,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", default="w8a8", choices=["w8a8", "w4a4"])
     ap.add_argument("--fmax", type=float, help="engine clock in MHz for the inferences/s column")
     ap.add_argument("--json", default="runs/bench_network.json", help="where to write the results")
+    ap.add_argument("--part", help="use the engine configuration of this FPGA part's SoC bitstream "
+                                   "(hw.soc.SOC_PARAMS, e.g. LFE5U-85F) instead of the simulated board's")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -69,10 +74,14 @@ def main(argv=None) -> int:
     from quant import golden
     from quant.export import to_program, untrained_net
 
-    mhz, clock_note = _fmax(args)
-    p = SIM_PARAMS
+    from hw.soc import SOC_PARAMS
+
+    if args.part and args.part not in SOC_PARAMS:
+        ap.error(f"unknown part {args.part!r} (known: {', '.join(SOC_PARAMS)})")
+    p = SOC_PARAMS[args.part] if args.part else SIM_PARAMS
+    mhz, clock_note = _fmax(args, p)
     results = []
-    with simulated_board(progress=lambda s: print(s, flush=True)) as board:
+    with simulated_board(p, progress=lambda s: print(s, flush=True)) as board:
         acc = Accelerator(board.link(timeout=10.0))
         for e in [int(v) for v in args.expansions.split(",")]:
             net, shape = untrained_net("shiftresnet20", args.bits, 0, {"expansion": e})
@@ -96,7 +105,8 @@ def main(argv=None) -> int:
                                 upload_words=compiled.upload_words, upload_s=load_s, wall_s=run_s, layers=layers))
             print(f"E={e}: {res.total_cycles} cycles, bit-exact {exact}, wall {run_s:.2f} s", flush=True)
 
-    print(f"\nengine {p.rows}x{p.cols} array, {p.lanes} lanes; clock {mhz:.1f} MHz ({clock_note})\n")
+    print(f"\nengine {p.rows}x{p.cols} array, {p.lanes} lanes{' (' + args.part + ' SoC)' if args.part else ''}; "
+          f"clock {mhz:.1f} MHz ({clock_note})\n")
     print(f"| model | MACs | cycles | utilisation | inferences/s | bit-exact | sim wall s |")
     print(f"|---|---:|---:|---:|---:|---|---:|")
     for r in results:
@@ -104,7 +114,7 @@ def main(argv=None) -> int:
               f"{100 * r['utilisation']:.1f} % | {r['inferences_per_s']:,.0f} | {r['bit_exact']} | {r['wall_s']:.2f} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(engine=p.as_dict(), clock_mhz=mhz, clock_source=clock_note,
+    out.write_text(json.dumps(dict(engine=p.as_dict(), part=args.part, clock_mhz=mhz, clock_source=clock_note,
                                    results=results), indent=1))
     print(f"\nwrote {out}")
     return 0 if all(r["bit_exact"] for r in results) else 1
