@@ -75,6 +75,10 @@ class Engine(wiring.Component):
         The last run finished (cleared by the next start).
     """
 
+    #: words of the FIFO between the activation-memory reader and the shift unit (covers the
+    #: read latency, so that the reader keeps up one word per cycle)
+    READ_FIFO_DEPTH = 8
+
     def __init__(self, params: EngineParams = EngineParams()):
         self.params = params
         self.shift = params.shift_unit()
@@ -134,35 +138,47 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ reader
         # Reads shift.height rows of shift.width pixels of in_beats words; after each pixel it skips
         # rd_skip words and after each row rd_row_skip more (both 0 for a plain raster read; a strided
-        # 1x1 layer without a gather reads only the pixels it keeps).
+        # 1x1 layer without a gather reads only the pixels it keeps). Reads are issued against credits
+        # into a small FIFO in front of the shift unit, so the block-RAM enable and address depend
+        # on registers only (no combinational path from the shift unit's ready into the memory).
         rd_addr = Signal.like(act_rd.addr)
         rd_w = Signal.like(desc.shift.in_beats)
         rd_x = Signal.like(desc.shift.width)
         rd_y = Signal.like(desc.shift.height)
         rd_active = Signal()
-        rd_valid = Signal()
-        rd_adv = Signal()
-        m.d.comb += rd_adv.eq(~rd_valid | shift.i.ready)
-        with m.If(start):
-            m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1),
-                         rd_valid.eq(0)]
-        with m.Elif(in_run & rd_adv):
-            m.d.sync += rd_valid.eq(rd_active)
-            with m.If(rd_active):
-                with m.If(rd_w + 1 != desc.shift.in_beats):
-                    m.d.sync += [rd_w.eq(rd_w + 1), rd_addr.eq(rd_addr + 1)]
-                with m.Elif(rd_x + 1 != desc.shift.width):
-                    m.d.sync += [rd_w.eq(0), rd_x.eq(rd_x + 1), rd_addr.eq(rd_addr + 1 + desc.rd_skip)]
-                with m.Else():
-                    m.d.sync += [rd_w.eq(0), rd_x.eq(0), rd_y.eq(rd_y + 1),
-                                 rd_addr.eq(rd_addr + 1 + desc.rd_skip + desc.rd_row_skip)]
-                    with m.If(rd_y + 1 == desc.shift.height):
-                        m.d.sync += rd_active.eq(0)
+        rd_credits = Signal(range(self.READ_FIFO_DEPTH + 1), init=self.READ_FIFO_DEPTH)
+        rd_issue = Signal()
+        rd_issued = Signal()       # the word read in the previous cycle arrives on act_rd.data
+        m.submodules.read_fifo = read_fifo = SyncFIFOBuffered(width=8 * L, depth=self.READ_FIFO_DEPTH)
+        rd_pop = Signal()
         m.d.comb += [
-            shift.i.valid.eq(rd_valid),
-            shift.i.payload.as_value().eq(act_rd.data),
-            shift.cfg.eq(Mux(in_run, desc.shift.as_value(), 0)),
+            rd_issue.eq(rd_active & (rd_credits != 0)),
+            read_fifo.w_data.eq(act_rd.data),
+            read_fifo.w_en.eq(rd_issued),
+            shift.i.valid.eq(read_fifo.r_rdy),
+            shift.i.payload.as_value().eq(read_fifo.r_data),
+            read_fifo.r_en.eq(shift.i.ready),
+            rd_pop.eq(read_fifo.r_rdy & shift.i.ready),
         ]
+        m.d.sync += [rd_issued.eq(rd_issue), rd_credits.eq(rd_credits - rd_issue + rd_pop)]
+        with m.If(start):
+            m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1)]
+        with m.Elif(rd_issue):
+            with m.If(rd_w + 1 != desc.shift.in_beats):
+                m.d.sync += [rd_w.eq(rd_w + 1), rd_addr.eq(rd_addr + 1)]
+            with m.Elif(rd_x + 1 != desc.shift.width):
+                m.d.sync += [rd_w.eq(0), rd_x.eq(rd_x + 1), rd_addr.eq(rd_addr + 1 + desc.rd_skip)]
+            with m.Else():
+                m.d.sync += [rd_w.eq(0), rd_x.eq(0), rd_y.eq(rd_y + 1),
+                             rd_addr.eq(rd_addr + 1 + desc.rd_skip + desc.rd_row_skip)]
+                with m.If(rd_y + 1 == desc.shift.height):
+                    m.d.sync += rd_active.eq(0)
+        rd_idle = Signal()
+        m.d.comb += rd_idle.eq(~rd_active & (rd_credits == self.READ_FIFO_DEPTH))
+
+        # the shift unit's configuration: the layer's while it runs, all-zero (idle) otherwise
+        shift_cfg = Signal(len(desc.shift.as_value()))
+        m.d.comb += shift.cfg.eq(shift_cfg)
 
         # ------------------------------------------------------------ shift unit -> feeder -> array
         fc = feeder.cfg
@@ -188,65 +204,79 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
-        # stage Z registers the array beat with its word offset (the one multiply), stage A issues
-        # the residual read at that offset and presents the beat to the output stage one cycle later
+        # Four register stages, each stalling on the next: Y registers the array beat with its
+        # absolute channel and pixel, Z the word offset (the one multiply), A the output and
+        # residual addresses; the residual word is read on the A -> B edge, so B presents the beat
+        # and its residual to the output stage. Every memory address and enable here starts at a
+        # flip-flop.
         mode = desc.out.mode
         ao = array.o.payload
         tag = data.View(tag_layout(p), ao.tag)
-        chan_abs = Signal(range(p.max_cout + Q))
-        out_pix = Signal(range(p.max_out_pixels + P))
-        m.d.comb += [chan_abs.eq(tag.group * Q + ao.chan), out_pix.eq(tag.pix0 + ao.pixel)]
 
-        z_valid = Signal()
-        z_acc = Signal.like(ao.acc)
-        z_chan = Signal.like(stage.i.payload.chan)
-        z_mask = Signal.like(ao.mask)
-        z_first, z_last = Signal(), Signal()
+        def stage_regs(prefix):
+            return dict(valid=Signal(name=f"{prefix}_valid"), acc=Signal.like(ao.acc, name=f"{prefix}_acc"),
+                        mask=Signal.like(ao.mask, name=f"{prefix}_mask"),
+                        chan=Signal.like(stage.i.payload.chan, name=f"{prefix}_chan"),
+                        first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"),
+                        adv=Signal(name=f"{prefix}_adv"))
+
+        y, z, a, b_ = (stage_regs(n) for n in ("y", "z", "a", "b"))
+        y_pix = Signal(range(p.max_out_pixels + P))
         z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
-        a_valid = Signal()
-        a_acc = Signal.like(ao.acc)
-        a_chan = Signal.like(stage.i.payload.chan)
-        a_mask = Signal.like(ao.mask)
-        a_first, a_last = Signal(), Signal()
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
-        z_adv, a_adv = Signal(), Signal()
-        m.d.comb += [a_adv.eq(~a_valid | stage.i.ready), z_adv.eq(~z_valid | a_adv), array.o.ready.eq(z_adv)]
-        with m.If(z_adv):
-            m.d.sync += z_valid.eq(array.o.valid)
-            with m.If(array.o.valid):
-                m.d.sync += [
-                    z_acc.eq(ao.acc), z_chan.eq(chan_abs), z_mask.eq(ao.mask),
-                    z_first.eq(out_pix == 0), z_last.eq(out_pix + 1 == desc.out_pixels),
-                    z_word_off.eq(out_pix * desc.out_words + (chan_abs >> lg_l)),
-                ]
-        with m.If(a_adv):
-            m.d.sync += a_valid.eq(z_valid)
-            with m.If(z_valid):
-                m.d.sync += [
-                    a_acc.eq(z_acc), a_chan.eq(z_chan), a_mask.eq(z_mask), a_first.eq(z_first), a_last.eq(z_last),
-                    a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (z_chan >> lg_l),
-                                  Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off))),
-                ]
+        a_res_addr = Signal.like(act_res.addr)
+        b_addr = Signal.like(a_addr)
+        m.d.comb += [
+            b_["adv"].eq(~b_["valid"] | stage.i.ready),
+            a["adv"].eq(~a["valid"] | b_["adv"]),
+            z["adv"].eq(~z["valid"] | a["adv"]),
+            y["adv"].eq(~y["valid"] | z["adv"]),
+            array.o.ready.eq(y["adv"]),
+        ]
+
+        def advance(dst, src_valid, values):
+            with m.If(dst["adv"]):
+                m.d.sync += dst["valid"].eq(src_valid)
+                with m.If(src_valid):
+                    m.d.sync += [dst[k].eq(v) for k, v in values.items()]
+
+        advance(y, array.o.valid, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan))
+        with m.If(y["adv"] & array.o.valid):
+            m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
+        advance(z, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
+                                    last=y_pix + 1 == desc.out_pixels))
+        with m.If(z["adv"] & y["valid"]):
+            m.d.sync += z_word_off.eq(y_pix * desc.out_words + (y["chan"] >> lg_l))
+        advance(a, z["valid"], {k: z[k] for k in ("acc", "mask", "chan", "first", "last")})
+        with m.If(a["adv"] & z["valid"]):
+            m.d.sync += [
+                a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (z["chan"] >> lg_l),
+                              Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off))),
+                a_res_addr.eq(desc.res_base + z_word_off),
+            ]
+        advance(b_, a["valid"], {k: a[k] for k in ("acc", "mask", "chan", "first", "last")})
+        with m.If(b_["adv"] & a["valid"]):
+            m.d.sync += b_addr.eq(a_addr)
         with m.If(start):
-            m.d.sync += [z_valid.eq(0), a_valid.eq(0)]
-        m.d.comb += [act_res.addr.eq(desc.res_base + z_word_off), act_res.en.eq(a_adv)]
+            m.d.sync += [y["valid"].eq(0), z["valid"].eq(0), a["valid"].eq(0), b_["valid"].eq(0)]
+        m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(b_["adv"])]
 
         sp = stage.i.payload
         m.d.comb += [
-            stage.i.valid.eq(a_valid),
-            sp.acc.eq(a_acc), sp.chan.eq(a_chan), sp.mask.eq(a_mask),
-            sp.pool_first.eq(a_first), sp.pool_last.eq(a_last), sp.last.eq(0),
-            stage.r.valid.eq(a_valid),
+            stage.i.valid.eq(b_["valid"]),
+            sp.acc.eq(b_["acc"]), sp.chan.eq(b_["chan"]), sp.mask.eq(b_["mask"]),
+            sp.pool_first.eq(b_["first"]), sp.pool_last.eq(b_["last"]), sp.last.eq(0),
+            stage.r.valid.eq(b_["valid"]),
             stage.cfg.eq(desc.out),
         ]
         for k in range(L):
             byte = act_res.data[8 * k:8 * k + 8]
             m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
 
-        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(a_addr), depth=64)
+        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(b_addr), depth=64)
         m.d.comb += [
-            addr_fifo.w_data.eq(a_addr),
-            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | a_last)),
+            addr_fifo.w_data.eq(b_addr),
+            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | b_["last"])),
             addr_fifo.r_en.eq(stage.o.valid),
             stage.o.ready.eq(1),
         ]
@@ -260,6 +290,17 @@ class Engine(wiring.Component):
             m.d.sync += writes.eq(0)
         with m.Elif(result):
             m.d.sync += writes.eq(writes + 1)
+        # results are written one cycle later from registers (the write enables of the activation
+        # memory reach every block RAM of it, so they start at a flip-flop)
+        wr_act, wr_raw = Signal(), Signal()
+        wr_addr = Signal.like(addr_fifo.r_data)
+        wr_bytes = Signal.like(out_bytes)
+        wr_words = Signal.like(out_words)
+        m.d.sync += [
+            wr_act.eq(result & addr_fifo.r_rdy & (mode != Mode.RAW)),
+            wr_raw.eq(result & addr_fifo.r_rdy & (mode == Mode.RAW)),
+            wr_addr.eq(addr_fifo.r_data), wr_bytes.eq(out_bytes), wr_words.eq(out_words),
+        ]
 
         # ------------------------------------------------------------ bus (host side)
         bus = self.bus
@@ -277,11 +318,12 @@ class Engine(wiring.Component):
         max_parts = max(parts_for(w) for w, _, _ in regions.values())
         staging = Signal(32 * max_parts)
         read_pending = Signal()
+        read_done = Signal()
         host_owns = ~running
 
         # bus defaults for every port (the engine overrides below while running)
         bus_read = Signal()
-        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending)
+        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending & ~read_done)
         csr_data = Signal(32)
         r_data_sel = Signal(32)
         bus_part = Signal(range(max_parts))   # part of a wide entry this bus word is
@@ -323,18 +365,32 @@ class Engine(wiring.Component):
             with m.Case(Csr.RUNS):
                 m.d.comb += csr_data.eq(runs)
 
-        # writes complete in their cycle; reads answer one cycle later
+        # writes complete in their cycle; reads answer two cycles later (memory read, then a
+        # register after the region multiplexer)
+        read_data = Signal(32)
+        data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)
         with m.If(bus.valid & bus.w_en):
             m.d.comb += bus.ready.eq(1)
-        with m.Elif(bus.valid & read_pending):
-            m.d.comb += bus.ready.eq(1)
-            data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)
-            m.d.comb += bus.r_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0)))
-        m.d.sync += read_pending.eq(bus_read)
+        with m.Elif(bus.valid & read_done):
+            m.d.comb += [bus.ready.eq(1), bus.r_data.eq(read_data)]
+        m.d.sync += [
+            read_pending.eq(bus_read),
+            read_done.eq(read_pending),
+            read_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0))),
+        ]
 
         start_request = Signal()
         m.d.comb += start_request.eq(bus.valid & bus.w_en & (region == Region.CSR) & (offset == Csr.CONTROL)
                                      & ~running & (bus.w_data != 0) & (bus.w_data <= p.max_layers))
+
+        # the engine's side of the memory ports (the host's side is above, while not running)
+        with m.If(running):
+            m.d.comb += [
+                act_rd.addr.eq(rd_addr), act_rd.en.eq(1),
+                w_rd.addr.eq(feeder.w_addr), w_rd.en.eq(feeder.w_en),
+                act_wr.addr.eq(wr_addr), act_wr.data.eq(wr_bytes), act_wr.en.eq(wr_act),
+                l_wr.addr.eq(wr_addr), l_wr.data.eq(wr_words), l_wr.en.eq(wr_raw),
+            ]
 
         # ------------------------------------------------------------ sequencer
         k = Signal(range(DESC_WORDS + 2))
@@ -377,21 +433,12 @@ class Engine(wiring.Component):
                 ]
                 with m.If(~more_s & ~more_t & ~ts_v & ~tt_v):
                     m.d.comb += start.eq(1)
+                    m.d.sync += shift_cfg.eq(desc.shift.as_value())
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += in_run.eq(1)
-                m.d.comb += [
-                    act_rd.addr.eq(rd_addr), act_rd.en.eq(rd_adv),
-                    w_rd.addr.eq(feeder.w_addr), w_rd.en.eq(feeder.w_en),
-                ]
-                with m.If(result & addr_fifo.r_rdy):
-                    with m.If(mode == Mode.RAW):
-                        m.d.comb += [l_wr.addr.eq(addr_fifo.r_data), l_wr.data.eq(out_words), l_wr.en.eq(1)]
-                    with m.Else():
-                        m.d.comb += [act_wr.addr.eq(addr_fifo.r_data), act_wr.data.eq(out_bytes),
-                                     act_wr.en.eq(1)]
-                with m.If((writes == desc.out_beats) & ~rd_active & ~rd_valid & ~shift.busy
-                          & ~stage.busy & ~start):
+                with m.If((writes == desc.out_beats) & rd_idle & ~shift.busy & ~stage.busy & ~start):
+                    m.d.sync += shift_cfg.eq(0)
                     m.next = "COUNT0"
             with m.State("COUNT0"):
                 m.d.comb += [c_wr.addr.eq(2 * layer), c_wr.data.eq(layer_cycles), c_wr.en.eq(1)]
