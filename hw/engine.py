@@ -56,6 +56,7 @@ from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EnginePa
                             descriptor_layout, parts_for)
 from .link import BusSignature
 from .output_stage import Mode, OutputStage, TableEntry
+from .sliced_memory import SlicedMemory
 from .systolic import SystolicArray
 from .tile_feeder import TileFeeder, tag_layout
 
@@ -101,8 +102,9 @@ class Engine(wiring.Component):
         m.submodules.feeder = feeder = self.feeder
 
         # ------------------------------------------------------------ memories
-        act = Memory(shape=8 * L, depth=p.act_words, init=[])
-        weight = Memory(shape=8 * Q, depth=p.weight_words, init=[])
+        # the two big memories as bit slices: no word multiplexer behind their block RAMs
+        act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act")
+        weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight")
         desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
         sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
         table = Memory(shape=TableEntry.size, depth=p.table_words, init=[])
@@ -111,8 +113,8 @@ class Engine(wiring.Component):
         for name, mem in (("act", act), ("weight", weight), ("desc_mem", desc_mem), ("sched", sched),
                           ("table", table), ("logits", logits), ("counters", counters)):
             m.submodules[name] = mem
-        act_wr, act_rd, act_res = act.write_port(), act.read_port(transparent_for=()), act.read_port(transparent_for=())
-        w_wr, w_rd = weight.write_port(), weight.read_port(transparent_for=())
+        act_wr, (act_rd, act_res) = act.write, act.reads
+        w_wr, (w_rd,) = weight.write, weight.reads
         d_wr, d_rd = desc_mem.write_port(), desc_mem.read_port(transparent_for=())
         s_wr, s_rd = sched.write_port(), sched.read_port(transparent_for=())
         t_wr, t_rd = table.write_port(), table.read_port(transparent_for=())

@@ -14,19 +14,24 @@ Data flow and latency
 ::
 
     cycle t     beat accepted on ``i``; activation sign-extended to 9 bits
-    cycle t     DSP input registers capture a, w           (MULT18X18D A/B regs)
-    cycle t+1   DSP output registers capture a*w           (MULT18X18D P regs)
-    cycle t+2   fabric product register (next to the accumulator)
-    cycle t+3   accumulator update (fabric, 32-bit add); on ``last`` the sum
+    cycle t     row/column registers capture a, w
+    cycle t+1   fan-out copies capture a, w (one copy per FANOUT = 4 multipliers)
+    cycle t+2   DSP input registers capture a, w           (MULT18X18D A/B regs)
+    cycle t+3   DSP output registers capture a*w           (MULT18X18D P regs)
+    cycle t+4   fabric product register (next to the accumulator)
+    cycle t+5   accumulator update (fabric, 32-bit add); on ``last`` the sum
                 goes straight into the shadow bank and the accumulator
                 restarts from 0
-    cycle t+4   first output beat of the tile valid on ``o``
+    cycle t+6   first output beat of the tile valid on ``o``
 
 Activations are broadcast along a row of ``Q`` multipliers and weights along a
-column of ``P`` (fan-out ``Q`` and ``P`` from one register into the DSP input
-registers); there are no activation/weight forwarding registers between
-neighbours. Where a large array needs them for timing, a skewed (truly
-systolic) feed is the upgrade path; the interface would not change.
+column of ``P`` through a two-level register tree: one register per row
+(column), then ``ceil(Q / 4)`` (``ceil(P / 4)``) copies of it, each feeding four
+DSP input registers (:func:`hw.fanout.register_copies`, kept apart from
+synthesis' register merging). On the 85F a single register driving a row of 16
+DSPs spread over the die cost a 10 ns route. There are no forwarding registers
+between neighbours; a skewed (truly systolic) feed remains the upgrade path
+for larger arrays, with the same interface.
 
 The shadow bank is a shift register of pixel rows: row 0 drives the output
 (a ``Q / out_lanes``-way lane-group multiplexer, none when ``out_lanes = Q``) and
@@ -40,10 +45,10 @@ valid-tagged beats, and back-pressure is handled by admission: a ``last`` beat
 is accepted only when the shadow bank is empty and no other ``last`` is still in
 the pipeline (one ``blocked`` flag), so the bank is always free when a tile's
 sums arrive. The tile
-period is therefore ``max(C_in, D + LATENCY)`` cycles (``LATENCY = 4``) with
+period is therefore ``max(C_in, D + LATENCY)`` cycles (``LATENCY = 6``) with
 ``D`` the number of output beats of the previous tile
 (``n_pix * ceil(n_chan / out_lanes)``, at most ``P * Q / out_lanes``); with
-``out_lanes = Q`` any ``C_in >= P + 4`` runs at one beat per cycle.
+``out_lanes = Q`` any ``C_in >= P + 6`` runs at one beat per cycle.
 
 Numerics
 --------
@@ -88,6 +93,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from quant.numerics import ACC_BITS
 
+from .fanout import register_copies
 from .mult import DSP_WIDTH, Multiplier
 
 __all__ = ["SystolicArray", "MAX_CIN_LIMIT", "ACT_BITS"]
@@ -151,7 +157,12 @@ class SystolicArray(wiring.Component):
     """
 
     #: Cycles from an accepted ``last`` beat to the tile's first output beat.
-    LATENCY = Multiplier.LATENCY + 2
+    #: register stages between the input port and the DSP input registers (a row/column
+    #: register, then its fan-out copies)
+    IN_STAGES = 2
+    #: multipliers fed by one copy of an activation or weight register
+    FANOUT = 4
+    LATENCY = IN_STAGES + Multiplier.LATENCY + 2
 
     def __init__(self, rows: int, cols: int, *, weight_bits: int = 8, out_lanes: int | None = None,
                  tag_width: int = 16, max_cin: int = MAX_CIN_LIMIT):
@@ -222,8 +233,9 @@ class SystolicArray(wiring.Component):
         shadow_full = Signal()
         first = Signal(init=1)  # the next accepted beat opens a tile (for `busy` only)
         # control pipeline, aligned with the multiplier stages
-        c_valid = [Signal(name=f"c{k}_valid") for k in (1, 2, 3)]
-        c_last = [Signal(name=f"c{k}_last") for k in (1, 2, 3)]
+        n_ctl = self.IN_STAGES + 3
+        c_valid = [Signal(name=f"c{k}_valid") for k in range(1, n_ctl + 1)]
+        c_last = [Signal(name=f"c{k}_last") for k in range(1, n_ctl + 1)]
         # `blocked`: a `last` beat is in the pipeline or the shadow bank is not yet
         # drained. A register (set when a `last` is accepted, cleared with the bank's
         # final output beat), so `ready` is one LUT of registers and the input-side
@@ -236,11 +248,9 @@ class SystolicArray(wiring.Component):
         with m.If(accept):
             m.d.sync += first.eq(ip.last)
 
-        m.d.sync += [
-            c_valid[0].eq(accept), c_last[0].eq(ip.last),
-            c_valid[1].eq(c_valid[0]), c_last[1].eq(c_last[0]),
-            c_valid[2].eq(c_valid[1]), c_last[2].eq(c_last[1]),
-        ]
+        m.d.sync += [c_valid[0].eq(accept), c_last[0].eq(ip.last)]
+        for k in range(1, n_ctl):
+            m.d.sync += [c_valid[k].eq(c_valid[k - 1]), c_last[k].eq(c_last[k - 1])]
         # tile descriptor, captured from the last beat (stable until the shadow load)
         t_npix = Signal.like(ip.n_pix)
         t_nchan = Signal.like(ip.n_chan)
@@ -260,15 +270,25 @@ class SystolicArray(wiring.Component):
             byte = ip.act[p]
             m.d.comb += a9.eq(byte.as_unsigned() | ((ip.act_signed & byte[ACT_BITS - 1]) << ACT_BITS))
             acts.append(a9)
+        # Input pipeline (IN_STAGES = 2): one register per row (activation) and per column
+        # (weight), then copies of it, each feeding FANOUT multipliers, so that no flip-flop
+        # drives a whole row or column of DSPs spread over the die.
+        a_row = [Signal.like(a, name=f"act{p}_r") for p, a in enumerate(acts)]
+        w_col = [Signal.like(ip.weight[q], name=f"weight{q}_r") for q in range(Q)]
+        m.d.sync += [r.eq(a) for r, a in zip(a_row, acts)]
+        m.d.sync += [w_col[q].eq(ip.weight[q]) for q in range(Q)]
+        fan = self.FANOUT
+        a_copy = [register_copies(m, platform, a_row[p], -(-Q // fan), f"act{p}") for p in range(P)]
+        w_copy = [register_copies(m, platform, w_col[q], -(-P // fan), f"weight{q}") for q in range(Q)]
         load = Signal()
-        m.d.comb += load.eq(c_valid[2] & c_last[2])
+        m.d.comb += load.eq(c_valid[-1] & c_last[-1])
         next_row = Signal()  # the drain moves on to the next pixel: the bank shifts by a row
         shadow = [[Signal(signed(ACC_BITS), name=f"shadow_{p}_{q}") for q in range(Q)] for p in range(P)]
         for p in range(P):
             for q in range(Q):
                 mul = Multiplier(ACT_BITS + 1, self._weight_bits)
                 m.submodules[f"mul_{p}_{q}"] = mul
-                m.d.comb += [mul.a.eq(acts[p]), mul.b.eq(ip.weight[q])]
+                m.d.comb += [mul.a.eq(a_copy[p][q // fan]), mul.b.eq(w_copy[q][p // fan])]
                 # a fabric register between the DSP and the adder: the DSP column may sit
                 # far from the accumulator's slices, and the route plus a 32-bit carry
                 # chain in one cycle limits the clock to ~150 MHz
@@ -280,8 +300,8 @@ class SystolicArray(wiring.Component):
                 # The tile's last product goes straight to the shadow bank and the
                 # accumulator restarts from 0 (a synchronous reset of its flip-flops, off
                 # the adder's path), so a tile's first beat needs no "first" mux.
-                with m.If(c_valid[2]):
-                    with m.If(c_last[2]):
+                with m.If(c_valid[-1]):
+                    with m.If(c_last[-1]):
                         m.d.sync += acc.eq(0)
                     with m.Else():
                         m.d.sync += acc.eq(nxt)
@@ -339,5 +359,5 @@ class SystolicArray(wiring.Component):
             with m.Else():
                 m.d.sync += grp.eq(grp + 1)
 
-        m.d.comb += self.busy.eq(shadow_full | c_valid[0] | c_valid[1] | c_valid[2] | ~first)
+        m.d.comb += self.busy.eq(shadow_full | Cat(*c_valid).any() | ~first)
         return m

@@ -1,0 +1,81 @@
+"""A wide, deep memory stored as bit slices, one slice per block-RAM column.
+
+A ``width x depth`` :class:`amaranth.lib.memory.Memory` that is deeper than one
+ECP5 block RAM (DP16KD: 16 Kbit, 1024 x 18 ... 16384 x 1) is mapped by yosys to
+a grid of blocks in their widest shape, ``depth / 1024`` blocks deep, whose read
+data pass through a ``depth / 1024``-to-1 word multiplexer: several LUT levels
+and long routes between the block RAM's output and the next register (the
+activation memory of the 85F engine, 32768 words, needs a 32:1 multiplexer).
+
+:class:`SlicedMemory` stores the same bits as ``width / slice_bits`` memories
+of ``slice_bits`` bits each, with ``slice_bits`` chosen so that one slice of the
+whole depth fills a block RAM in a narrow shape (16384 x 1, 8192 x 2, 4096 x 4,
+2048 x 8): the same number of block RAMs, but each output bit comes from at most
+``ceil(depth * slice_bits / 16384)`` blocks (2 for 32768 words), so the read
+multiplexer is one LUT or none.
+
+Ports behave like those of ``Memory``: a write port (``addr``, ``data``,
+``en``) and synchronous, non-transparent read ports (``addr``, ``data``,
+``en``; ``data`` updates the cycle after ``en``).
+"""
+
+from __future__ import annotations
+
+from amaranth import Elaboratable, Module, Signal
+from amaranth.lib.memory import Memory
+from amaranth.utils import ceil_log2
+
+__all__ = ["SlicedMemory", "slice_bits_for"]
+
+#: bits of one ECP5 DP16KD block RAM (the 18-bit shapes add parity bits that narrow shapes lack)
+BLOCK_BITS = 16384
+
+
+def slice_bits_for(depth: int, width: int) -> int:
+    """The widest power-of-two slice (at most ``width``) whose whole depth fits one block RAM,
+    or 1 for memories deeper than a block RAM's deepest shape."""
+    bits = 1
+    while bits * 2 <= width and depth * bits * 2 <= BLOCK_BITS:
+        bits *= 2
+    return bits
+
+
+class _Port:
+    def __init__(self, name: str, depth: int, width: int):
+        self.addr = Signal(ceil_log2(depth), name=f"{name}_addr")
+        self.data = Signal(width, name=f"{name}_data")
+        self.en = Signal(name=f"{name}_en")
+
+
+class SlicedMemory(Elaboratable):
+    """``width`` x ``depth`` memory with one write port and ``read_ports`` read ports.
+
+    Attributes
+    ----------
+    write : port with ``addr``, ``data``, ``en``
+    reads : list of ports with ``addr``, ``data`` (out), ``en``
+    slice_bits : int
+        Bits per slice memory (:func:`slice_bits_for` unless given).
+    """
+
+    def __init__(self, *, width: int, depth: int, read_ports: int = 1, slice_bits: int | None = None,
+                 name: str = "mem"):
+        self.width, self.depth = width, depth
+        self.slice_bits = slice_bits or slice_bits_for(depth, width)
+        self.name = name
+        self.write = _Port(f"{name}_w", depth, width)
+        self.reads = [_Port(f"{name}_r{i}", depth, width) for i in range(read_ports)]
+
+    def elaborate(self, platform):
+        m = Module()
+        for lo in range(0, self.width, self.slice_bits):
+            hi = min(lo + self.slice_bits, self.width)
+            mem = Memory(shape=hi - lo, depth=self.depth, init=[])
+            m.submodules[f"{self.name}_{lo}"] = mem
+            wr = mem.write_port()
+            m.d.comb += [wr.addr.eq(self.write.addr), wr.data.eq(self.write.data[lo:hi]),
+                         wr.en.eq(self.write.en)]
+            for port in self.reads:
+                rd = mem.read_port(transparent_for=())
+                m.d.comb += [rd.addr.eq(port.addr), rd.en.eq(port.en), port.data[lo:hi].eq(rd.data)]
+        return m
