@@ -79,6 +79,9 @@ class Engine(wiring.Component):
     #: words of the FIFO between the activation-memory reader and the shift unit (covers the
     #: read latency, so that the reader keeps up one word per cycle)
     READ_FIFO_DEPTH = 8
+    #: beats between the output path and the output stage (covers the beats in flight in the
+    #: output path, so that the array drains one beat per cycle)
+    BEAT_FIFO_DEPTH = 16
 
     def __init__(self, params: EngineParams = EngineParams()):
         self.params = params
@@ -206,10 +209,10 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
-        # Four register stages, each stalling on the next: Y registers the array beat with its
-        # absolute channel and pixel, Z the word offset (the one multiply), A the output and
-        # residual addresses; the residual word is read on the A -> B edge, so B presents the beat
-        # and its residual to the output stage. Every memory address and enable here starts at a
+        # Four register stages: Y registers the array beat with its absolute channel and pixel,
+        # Z the word offset (the one multiply), A the output and residual addresses; the residual
+        # word is read on the A -> B edge, and B's beat, address and residual go into the beat
+        # FIFO in front of the output stage. Every memory address and enable here starts at a
         # flip-flop.
         mode = desc.out.mode
         ao = array.o.payload
@@ -228,13 +231,13 @@ class Engine(wiring.Component):
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
         b_addr = Signal.like(a_addr)
-        m.d.comb += [
-            b_["adv"].eq(~b_["valid"] | stage.i.ready),
-            a["adv"].eq(~a["valid"] | b_["adv"]),
-            z["adv"].eq(~z["valid"] | a["adv"]),
-            y["adv"].eq(~y["valid"] | z["adv"]),
-            array.o.ready.eq(y["adv"]),
-        ]
+        # The stages never stall (no enable fans out over them); the array may hand over a
+        # beat only while the beat FIFO behind B has room for it and every beat in flight
+        # (credits, a register: array.o.ready is one LUT of flip-flops).
+        D = self.BEAT_FIFO_DEPTH
+        out_credits = Signal(range(D + 1), init=D)
+        m.d.comb += [y["adv"].eq(1), z["adv"].eq(1), a["adv"].eq(1), b_["adv"].eq(1),
+                     array.o.ready.eq(out_credits != 0)]
 
         def advance(dst, src_valid, values):
             with m.If(dst["adv"]):
@@ -242,8 +245,10 @@ class Engine(wiring.Component):
                 with m.If(src_valid):
                     m.d.sync += [dst[k].eq(v) for k, v in values.items()]
 
-        advance(y, array.o.valid, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan))
-        with m.If(y["adv"] & array.o.valid):
+        array_take = Signal()
+        m.d.comb += array_take.eq(array.o.valid & array.o.ready)
+        advance(y, array_take, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan))
+        with m.If(array_take):
             m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
         advance(z, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
                                     last=y_pix + 1 == desc.out_pixels))
@@ -261,24 +266,36 @@ class Engine(wiring.Component):
             m.d.sync += b_addr.eq(a_addr)
         with m.If(start):
             m.d.sync += [y["valid"].eq(0), z["valid"].eq(0), a["valid"].eq(0), b_["valid"].eq(0)]
-        m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(b_["adv"])]
+        m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(1)]
+
+        # beat FIFO: B's beat with its output address and residual word, into the output stage
+        fields = [b_["acc"], b_["mask"], b_["chan"], b_["first"], b_["last"], b_addr, act_res.data]
+        m.submodules.beat_fifo = beat_fifo = SyncFIFOBuffered(width=len(Cat(*fields)), depth=D)
+        m.d.comb += [beat_fifo.w_data.eq(Cat(*fields)), beat_fifo.w_en.eq(b_["valid"])]
+        f_acc, f_mask, f_chan, f_first, f_last, f_addr, f_res = (
+            Signal.like(f, name=f"fifo_{n}") for f, n in
+            zip(fields, ("acc", "mask", "chan", "first", "last", "addr", "res")))
+        m.d.comb += Cat(f_acc, f_mask, f_chan, f_first, f_last, f_addr, f_res).eq(beat_fifo.r_data)
+        beat_pop = Signal()
+        m.d.comb += [beat_fifo.r_en.eq(stage.i.ready), beat_pop.eq(beat_fifo.r_rdy & stage.i.ready)]
+        m.d.sync += out_credits.eq(out_credits - array_take + beat_pop)
 
         sp = stage.i.payload
         m.d.comb += [
-            stage.i.valid.eq(b_["valid"]),
-            sp.acc.eq(b_["acc"]), sp.chan.eq(b_["chan"]), sp.mask.eq(b_["mask"]),
-            sp.pool_first.eq(b_["first"]), sp.pool_last.eq(b_["last"]), sp.last.eq(0),
-            stage.r.valid.eq(b_["valid"]),
+            stage.i.valid.eq(beat_fifo.r_rdy),
+            sp.acc.eq(f_acc), sp.chan.eq(f_chan), sp.mask.eq(f_mask),
+            sp.pool_first.eq(f_first), sp.pool_last.eq(f_last), sp.last.eq(0),
+            stage.r.valid.eq(beat_fifo.r_rdy),
             stage.cfg.eq(desc.out),
         ]
         for k in range(L):
-            byte = act_res.data[8 * k:8 * k + 8]
+            byte = f_res[8 * k:8 * k + 8]
             m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
 
         m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(b_addr), depth=64)
         m.d.comb += [
-            addr_fifo.w_data.eq(b_addr),
-            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | b_["last"])),
+            addr_fifo.w_data.eq(f_addr),
+            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last)),
             addr_fifo.r_en.eq(stage.o.valid),
             stage.o.ready.eq(1),
         ]

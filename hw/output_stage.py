@@ -50,7 +50,7 @@ The per-channel tables and the pool sums are LUT RAM (``ram_style
 "distributed"``), banked by lane (channel ``c`` lives in bank ``c % lanes``):
 block RAM as yosys infers it for ECP5 has no output register (about 5.6 ns
 clock-to-out), which the bias adder and the pool read-modify-write cannot
-afford. Accept-to-output latency: 17 cycles.
+afford. Accept-to-output latency: 18 cycles.
 
 The configuration ``cfg`` and the tables must only change while ``busy`` is
 low (no beat in flight).
@@ -165,7 +165,7 @@ class OutputStage(wiring.Component):
 
     #: Cycles from an accepted beat to its word being written into the output FIFO
     #: (the word is valid on ``o`` two cycles later: 17 cycles accept -> ``o.valid``).
-    LATENCY = 15
+    LATENCY = 16
 
     def __init__(self, lanes: int = 4, *, max_channels: int = 512, max_pool_pixels: int = 65536,
                  fifo_depth: int = 32):
@@ -279,6 +279,13 @@ class OutputStage(wiring.Component):
 
         pool_mode = Signal()
         m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
+        # pool stage 9 control: the beat's channel and pool_first, and whether the beat ahead
+        # of it (in stage 9 when this one was read in stage 8) wrote the same channel group
+        chan9 = delay(chan8, 1, "chan9")
+        pf9 = delay(pf8, 1, "pool_first9")
+        bypass9 = Signal()
+        m.d.sync += bypass9.eq(v[9] & ((chan9 >> lg) == (chan8 >> lg)))
+        y9 = []
 
         out_data = []
         for k in range(N):
@@ -336,30 +343,34 @@ class OutputStage(wiring.Component):
             y8 = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
             m.d.sync += y8.eq(Mux(need_res, _clamp(y7 + r7, cfg.res_lo, cfg.res_hi), y7))
             y_x = delay(y8, EXIT - 8, f"yq{k}")
+            y9.append(delay(y8, 1, f"y{k}_9"))
 
-            # ---- stage 8: pool read-modify-write in one cycle -----------------
-            # (asynchronous LUT-RAM read, so the previous beat's write is already
-            # visible and back-to-back beats of one channel need no forwarding)
+            # ---- stages 8-9: pool read-modify-write over two cycles ------------
+            # stage 8 reads the channel's sum (asynchronous LUT-RAM read) into a register;
+            # stage 9 adds and writes it back. A beat of the same channel directly behind
+            # (one lane group per pixel) read before that write landed: it takes the sum
+            # just computed (psum10, a register) instead. Further back, the write is visible.
             pmem = Memory(shape=signed(self._pool_bits), depth=depth, init=[], attrs={"ram_style": "distributed"})
             m.submodules[f"pool{k}"] = pmem
             pwr = pmem.write_port()
             prd = pmem.read_port(domain="comb")
+            read9 = Signal(signed(self._pool_bits), name=f"pool_read{k}")
             psum = Signal(signed(self._pool_bits), name=f"psum{k}")
+            psum10 = Signal.like(psum, name=f"psum{k}_10")
+            m.d.comb += prd.addr.eq(chan8 >> lg)
+            m.d.sync += read9.eq(prd.data)
             m.d.comb += [
-                prd.addr.eq(chan8 >> lg),
-                psum.eq(Mux(pf8, 0, prd.data) + y8),
-                pwr.addr.eq(chan8 >> lg),
+                psum.eq(Mux(pf9, 0, Mux(bypass9, psum10, read9)) + y9[k]),
+                pwr.addr.eq(chan9 >> lg),
                 pwr.data.eq(psum),
-                pwr.en.eq(v[8] & pool_mode),
+                pwr.en.eq(v[9] & pool_mode),
             ]
-            # stage 9: the sum, registered (the LUT-RAM read and the adder leave no
-            # time for the route into the DSP); 12: product; 13: rounding constant;
-            # 14: shift; 15: clamp, exit
-            psum9 = Signal.like(psum, name=f"psum{k}_9")
-            m.d.sync += psum9.eq(psum)
+            # stage 10: the sum, registered (the route into the DSP); 13: product;
+            # 14: rounding constant; 15: shift; 16: clamp, exit
+            m.d.sync += psum10.eq(psum)
             pmul = WideMultiplier(self._pool_bits, MULT_BITS + 1)
             m.submodules[f"mul_p{k}"] = pmul
-            m.d.comb += [pmul.a.eq(psum9), pmul.b.eq(Cat(cfg.pool_m, Const(0, 1)).as_signed())]
+            m.d.comb += [pmul.a.eq(psum10), pmul.b.eq(Cat(cfg.pool_m, Const(0, 1)).as_signed())]
             pq12 = Signal(signed(pmul.p.shape().width + 1), name=f"p{k}_rounded")
             pq13 = Signal.like(pq12, name=f"p{k}_shifted")
             pq14 = Signal(ACT_OUT_SHAPE, name=f"p{k}_clamped")
