@@ -79,6 +79,8 @@ class Engine(wiring.Component):
     #: words of the FIFO between the activation-memory reader and the shift unit (covers the
     #: read latency, so that the reader keeps up one word per cycle)
     READ_FIFO_DEPTH = 8
+    #: cycles from an activation-memory read request to its data (port register + block RAM)
+    ACT_READ_LATENCY = 2
     #: beats between the output path and the output stage (covers the beats in flight in the
     #: output path, so that the array drains one beat per cycle)
     BEAT_FIFO_DEPTH = 16
@@ -105,8 +107,10 @@ class Engine(wiring.Component):
         m.submodules.feeder = feeder = self.feeder
 
         # ------------------------------------------------------------ memories
-        # the two big memories as bit slices: no word multiplexer behind their block RAMs
-        act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act")
+        # the two big memories as bit slices: no word multiplexer behind their block RAMs; the
+        # activation memory also registers its port inputs (replicated per slice group), so its
+        # read data arrive two cycles after the request (ACT_READ_LATENCY)
+        act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True)
         weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight")
         desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
         sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
@@ -153,19 +157,21 @@ class Engine(wiring.Component):
         rd_active = Signal()
         rd_credits = Signal(range(self.READ_FIFO_DEPTH + 1), init=self.READ_FIFO_DEPTH)
         rd_issue = Signal()
-        rd_issued = Signal()       # the word read in the previous cycle arrives on act_rd.data
+        rd_issued = [Signal(name=f"rd_issued{k}") for k in range(self.ACT_READ_LATENCY)]
+        # rd_issued[-1]: the word requested ACT_READ_LATENCY cycles ago is on act_rd.data
         m.submodules.read_fifo = read_fifo = SyncFIFOBuffered(width=8 * L, depth=self.READ_FIFO_DEPTH)
         rd_pop = Signal()
         m.d.comb += [
             rd_issue.eq(rd_active & (rd_credits != 0)),
             read_fifo.w_data.eq(act_rd.data),
-            read_fifo.w_en.eq(rd_issued),
+            read_fifo.w_en.eq(rd_issued[-1]),
             shift.i.valid.eq(read_fifo.r_rdy),
             shift.i.payload.as_value().eq(read_fifo.r_data),
             read_fifo.r_en.eq(shift.i.ready),
             rd_pop.eq(read_fifo.r_rdy & shift.i.ready),
         ]
-        m.d.sync += [rd_issued.eq(rd_issue), rd_credits.eq(rd_credits - rd_issue + rd_pop)]
+        m.d.sync += [rd_issued[0].eq(rd_issue), rd_credits.eq(rd_credits - rd_issue + rd_pop)]
+        m.d.sync += [rd_issued[k].eq(rd_issued[k - 1]) for k in range(1, len(rd_issued))]
         with m.If(start):
             m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1)]
         with m.Elif(rd_issue):
@@ -209,10 +215,10 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
-        # Four register stages: Y registers the array beat with its absolute channel and pixel,
+        # Five register stages: Y registers the array beat with its absolute channel and pixel,
         # Z the word offset (the one multiply), A the output and residual addresses; the residual
-        # word is read on the A -> B edge, and B's beat, address and residual go into the beat
-        # FIFO in front of the output stage. Every memory address and enable here starts at a
+        # read (ACT_READ_LATENCY = 2) returns its word in C, and C's beat, address and residual go
+        # into the beat FIFO in front of the output stage. Every memory address and enable here starts at a
         # flip-flop.
         mode = desc.out.mode
         ao = array.o.payload
@@ -225,18 +231,19 @@ class Engine(wiring.Component):
                         first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"),
                         adv=Signal(name=f"{prefix}_adv"))
 
-        y, z, a, b_ = (stage_regs(n) for n in ("y", "z", "a", "b"))
+        y, z, a, b_, c = (stage_regs(n) for n in ("y", "z", "a", "b", "c"))
         y_pix = Signal(range(p.max_out_pixels + P))
         z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
         b_addr = Signal.like(a_addr)
+        c_addr = Signal.like(a_addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
         # beat only while the beat FIFO behind B has room for it and every beat in flight
         # (credits, a register: array.o.ready is one LUT of flip-flops).
         D = self.BEAT_FIFO_DEPTH
         out_credits = Signal(range(D + 1), init=D)
-        m.d.comb += [y["adv"].eq(1), z["adv"].eq(1), a["adv"].eq(1), b_["adv"].eq(1),
+        m.d.comb += [y["adv"].eq(1), z["adv"].eq(1), a["adv"].eq(1), b_["adv"].eq(1), c["adv"].eq(1),
                      array.o.ready.eq(out_credits != 0)]
 
         def advance(dst, src_valid, values):
@@ -264,14 +271,18 @@ class Engine(wiring.Component):
         advance(b_, a["valid"], {k: a[k] for k in ("acc", "mask", "chan", "first", "last")})
         with m.If(b_["adv"] & a["valid"]):
             m.d.sync += b_addr.eq(a_addr)
+        advance(c, b_["valid"], {k: b_[k] for k in ("acc", "mask", "chan", "first", "last")})
+        with m.If(b_["valid"]):
+            m.d.sync += c_addr.eq(b_addr)
         with m.If(start):
-            m.d.sync += [y["valid"].eq(0), z["valid"].eq(0), a["valid"].eq(0), b_["valid"].eq(0)]
+            m.d.sync += [y["valid"].eq(0), z["valid"].eq(0), a["valid"].eq(0), b_["valid"].eq(0),
+                         c["valid"].eq(0)]
         m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(1)]
 
         # beat FIFO: B's beat with its output address and residual word, into the output stage
-        fields = [b_["acc"], b_["mask"], b_["chan"], b_["first"], b_["last"], b_addr, act_res.data]
+        fields = [c["acc"], c["mask"], c["chan"], c["first"], c["last"], c_addr, act_res.data]
         m.submodules.beat_fifo = beat_fifo = SyncFIFOBuffered(width=len(Cat(*fields)), depth=D)
-        m.d.comb += [beat_fifo.w_data.eq(Cat(*fields)), beat_fifo.w_en.eq(b_["valid"])]
+        m.d.comb += [beat_fifo.w_data.eq(Cat(*fields)), beat_fifo.w_en.eq(c["valid"])]
         f_acc, f_mask, f_chan, f_first, f_last, f_addr, f_res = (
             Signal.like(f, name=f"fifo_{n}") for f, n in
             zip(fields, ("acc", "mask", "chan", "first", "last", "addr", "res")))
@@ -337,12 +348,13 @@ class Engine(wiring.Component):
         max_parts = max(parts_for(w) for w, _, _ in regions.values())
         staging = Signal(32 * max_parts)
         read_pending = Signal()
+        read_pending2 = Signal()
         read_done = Signal()
         host_owns = ~running
 
         # bus defaults for every port (the engine overrides below while running)
         bus_read = Signal()
-        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending & ~read_done)
+        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending & ~read_pending2 & ~read_done)
         csr_data = Signal(32)
         r_data_sel = Signal(32)
         bus_part = Signal(range(max_parts))   # part of a wide entry this bus word is
@@ -384,17 +396,19 @@ class Engine(wiring.Component):
             with m.Case(Csr.RUNS):
                 m.d.comb += csr_data.eq(runs)
 
-        # writes complete in their cycle; reads answer two cycles later (memory read, then a
-        # register after the region multiplexer)
+        # writes complete in their cycle; reads answer three cycles later (port register, memory
+        # read, then a register after the region multiplexer)
         read_data = Signal(32)
         data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)
         with m.If(bus.valid & bus.w_en):
             m.d.comb += bus.ready.eq(1)
         with m.Elif(bus.valid & read_done):
             m.d.comb += [bus.ready.eq(1), bus.r_data.eq(read_data)]
+        # (read_pending2: the activation memory's port register adds a cycle to every read)
         m.d.sync += [
             read_pending.eq(bus_read),
-            read_done.eq(read_pending),
+            read_pending2.eq(read_pending),
+            read_done.eq(read_pending2),
             read_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0))),
         ]
 
