@@ -89,9 +89,16 @@ class Context:
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
-    def shutdown(self) -> None:
+    def shutdown(self, clean: bool = True) -> None:
+        """Leave the process group; ``clean``: every rank got here normally (then they wait
+        for each other first; after an error a rank may never arrive, so no barrier)."""
         if self.started:
             try:
+                # all ranks leave together: a rank tearing gloo down while another still
+                # writes its results made the other abort at exit ("terminate called without
+                # an active exception", seen under load in CI)
+                if clean:
+                    dist.barrier()
                 dist.destroy_process_group()
             finally:
                 self.started = False

@@ -793,9 +793,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
     ctx = qdist.Context.from_env()
+    finished = False
     try:
         _check_args(a)
         run(a, argv, ctx)
+        finished = True
         return 0
     except (UsageError, DataError) as e:
         print(f"quant.train: error: {e}", file=sys.stderr)
@@ -804,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         print("quant.train: interrupted", file=sys.stderr)
         return 130
     finally:
-        ctx.shutdown()
+        ctx.shutdown(clean=finished)
 
 
 if __name__ == "__main__":
