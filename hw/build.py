@@ -463,8 +463,8 @@ def _parser():
     p.add_argument("--baud", type=float, default=3_000_000, help="soc only: UART baud rate (default 3000000, "
                    "the FT231X's maximum; the engine clock must make it within 2 %%)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="engine clock target; the PLL makes the nearest "
-                   "frequency it can (default: soc 36 -> 35.71 MHz, hw.soc.SOC_CLOCK_MHZ; probe and counter: "
-                   "the board's, 150 on the ULX3S)")
+                   "frequency it can (default: soc 45 MHz on the 85F, 36 -> 35.71 MHz on smaller parts, "
+                   "hw.soc.SOC_CLOCK_MHZ; probe and counter: the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")

@@ -166,7 +166,7 @@ def test_soc_default_clock_makes_the_baud_rate():
         p = pll_params(25, mhz)
         assert abs(float(p.f_out) - mhz) / mhz < 0.01
         uart_divisor(float(p.f_out) * 1e6, 3_000_000)   # raises if not within 2 %
-    assert float(pll_params(25, SOC_CLOCK_MHZ["LFE5U-85F"]).f_out) < 45.7   # the measured Fmax (docs/BUILD.md)
+    assert float(pll_params(25, SOC_CLOCK_MHZ["LFE5U-85F"]).f_out) < 48.6   # the measured Fmax (docs/BUILD.md)
 
 
 def test_soc_estimate_matches_synthesis():
