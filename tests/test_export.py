@@ -49,18 +49,24 @@ def test_golden_equals_brevitas_bit_for_bit_with_po2_scales(name, kwargs, bits):
     program = to_program(net, model=name, model_args=kwargs)
     for seed in range(2):
         x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(100 + seed))
-        gold = _golden_tensors(net, program, x)
-        fake = _fake_quant_ints(net, program, x)
-        assert set(fake) <= set(gold)
-        for tensor, value in fake.items():
-            mismatch = (gold[tensor] != value).nonzero()
-            assert len(mismatch) == 0, (
-                f"{tensor}: {len(mismatch)} words differ, first at {mismatch[0].tolist()}: "
-                f"golden {gold[tensor][tuple(mismatch[0])]} brevitas {value[tuple(mismatch[0])]}")
+        gold = _assert_golden_equals_brevitas(net, program, x)
         logits, _ = net(x, return_tensors=True)
         expect = torch.round(logits[0].double() / program.tensors["logits"].scale).long()
         assert torch.equal(gold["logits"].flatten(), expect)
 
+
+def _assert_golden_equals_brevitas(net, program, x):
+    """Every word of every tensor the Brevitas twin exposes equals the golden model's; returns
+    the golden tensors."""
+    gold = _golden_tensors(net, program, x)
+    fake = _fake_quant_ints(net, program, x)
+    assert set(fake) <= set(gold)
+    for tensor, value in fake.items():
+        mismatch = (gold[tensor] != value).nonzero()
+        assert len(mismatch) == 0, (
+            f"{tensor}: {len(mismatch)} words differ, first at {mismatch[0].tolist()}: "
+            f"golden {gold[tensor][tuple(mismatch[0])]} brevitas {value[tuple(mismatch[0])]}")
+    return gold
 
 def test_float_scales_with_bn_agree_closely():
     """With real scales and folded BN the golden model approximates the twin (measured, not assumed)."""
@@ -118,14 +124,7 @@ def test_bn_folded_twin_equals_golden_bit_for_bit(name, kwargs, bits):
     assert any((layer.bias != 0).any() for layer in program.layers)
     for i in range(len(x)):
         xi = x[i:i + 1]
-        gold = _golden_tensors(net, program, xi)
-        fake = _fake_quant_ints(net, program, xi)
-        assert set(fake) <= set(gold)
-        for tensor, value in fake.items():
-            mismatch = (gold[tensor] != value).nonzero()
-            assert len(mismatch) == 0, (
-                f"{tensor}: {len(mismatch)} words differ, first at {mismatch[0].tolist()}: "
-                f"golden {gold[tensor][tuple(mismatch[0])]} brevitas {value[tuple(mismatch[0])]}")
+        gold = _assert_golden_equals_brevitas(net, program, xi)
         logits, _ = net(xi, return_tensors=True)
         scaled = logits[0].double() / program.tensors["logits"].scale
         assert torch.equal(scaled, torch.round(scaled))  # the twin's logits lie on the accumulator grid
