@@ -228,8 +228,7 @@ class Engine(wiring.Component):
             return dict(valid=Signal(name=f"{prefix}_valid"), acc=Signal.like(ao.acc, name=f"{prefix}_acc"),
                         mask=Signal.like(ao.mask, name=f"{prefix}_mask"),
                         chan=Signal.like(stage.i.payload.chan, name=f"{prefix}_chan"),
-                        first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"),
-                        adv=Signal(name=f"{prefix}_adv"))
+                        first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"))
 
         y, z, a, b_, c = (stage_regs(n) for n in ("y", "z", "a", "b", "c"))
         y_pix = Signal(range(p.max_out_pixels + P))
@@ -239,18 +238,16 @@ class Engine(wiring.Component):
         b_addr = Signal.like(a_addr)
         c_addr = Signal.like(a_addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
-        # beat only while the beat FIFO behind B has room for it and every beat in flight
+        # beat only while the beat FIFO behind C has room for it and every beat in flight
         # (credits, a register: array.o.ready is one LUT of flip-flops).
         D = self.BEAT_FIFO_DEPTH
         out_credits = Signal(range(D + 1), init=D)
-        m.d.comb += [y["adv"].eq(1), z["adv"].eq(1), a["adv"].eq(1), b_["adv"].eq(1), c["adv"].eq(1),
-                     array.o.ready.eq(out_credits != 0)]
+        m.d.comb += array.o.ready.eq(out_credits != 0)
 
         def advance(dst, src_valid, values):
-            with m.If(dst["adv"]):
-                m.d.sync += dst["valid"].eq(src_valid)
-                with m.If(src_valid):
-                    m.d.sync += [dst[k].eq(v) for k, v in values.items()]
+            m.d.sync += dst["valid"].eq(src_valid)
+            with m.If(src_valid):
+                m.d.sync += [dst[k].eq(v) for k, v in values.items()]
 
         array_take = Signal()
         m.d.comb += array_take.eq(array.o.valid & array.o.ready)
@@ -259,17 +256,17 @@ class Engine(wiring.Component):
             m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
         advance(z, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
                                     last=y_pix + 1 == desc.out_pixels))
-        with m.If(z["adv"] & y["valid"]):
+        with m.If(y["valid"]):
             m.d.sync += z_word_off.eq(y_pix * desc.out_words + (y["chan"] >> lg_l))
         advance(a, z["valid"], {k: z[k] for k in ("acc", "mask", "chan", "first", "last")})
-        with m.If(a["adv"] & z["valid"]):
+        with m.If(z["valid"]):
             m.d.sync += [
                 a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (z["chan"] >> lg_l),
                               Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off))),
                 a_res_addr.eq(desc.res_base + z_word_off),
             ]
         advance(b_, a["valid"], {k: a[k] for k in ("acc", "mask", "chan", "first", "last")})
-        with m.If(b_["adv"] & a["valid"]):
+        with m.If(a["valid"]):
             m.d.sync += b_addr.eq(a_addr)
         advance(c, b_["valid"], {k: b_[k] for k in ("acc", "mask", "chan", "first", "last")})
         with m.If(b_["valid"]):

@@ -164,7 +164,7 @@ class OutputStage(wiring.Component):
     """
 
     #: Cycles from an accepted beat to its word being written into the output FIFO
-    #: (the word is valid on ``o`` two cycles later: 17 cycles accept -> ``o.valid``).
+    #: (the word is valid on ``o`` two cycles later: 18 cycles accept -> ``o.valid``).
     LATENCY = 16
 
     def __init__(self, lanes: int = 4, *, max_channels: int = 512, max_pool_pixels: int = 65536,
