@@ -2,8 +2,10 @@
 
 :class:`BoardTop` owns everything board-specific: it requests the board's
 oscillator, makes the engine clock with an ``EHXPLLL`` (:mod:`hw.pll`), holds
-the engine domain ``sync`` in reset until the PLL locks (a
-``ResetSynchronizer``: asynchronous assert, synchronous release), and wires the
+the engine domain ``sync`` in reset until the PLL locks (asynchronous assert,
+synchronous release, then a ``DCCA`` global buffer: the reset reaches every
+flip-flop of the engine over a clock network instead of one fabric net that
+spans the die, which limited the SoC to 52 MHz), and wires the
 board pins a *core* asks for. The core is any ``wiring.Component`` that runs in
 the domain ``sync`` (the engine clock) and exposes, as signature members, the
 board pins it wants:
@@ -35,9 +37,10 @@ from functools import reduce
 from operator import xor
 
 from amaranth.build import ResourceError
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Mux, Signal
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, ResetSignal,
+                          Signal)
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import AsyncFFSynchronizer
 from amaranth.lib.wiring import Out
 
 from .pll import PLL, pll_params
@@ -226,7 +229,9 @@ class BoardTop(Elaboratable):
 
         m.domains.sync = ClockDomain("sync")
         m.d.comb += ClockSignal("sync").eq(pll.clk_out)
-        m.submodules.rst_sync = ResetSynchronizer(~pll.locked, domain="sync")
+        rst = Signal(init=1)
+        m.submodules.rst_sync = AsyncFFSynchronizer(~pll.locked, rst, o_domain="sync")
+        m.submodules.rst_buf = Instance("DCCA", i_CLKI=rst, i_CE=Const(1, 1), o_CLKO=ResetSignal("sync"))
         m.submodules.core = core = self._core
 
         if uart is not None:
