@@ -341,7 +341,7 @@ def build(args) -> int:
         cmd = [tools["nextpnr-ecp5"], board.nextpnr_device, "--package", board.package, "--speed", speed,
                "--json", "top.json", "--lpf", "top.lpf", "--textcfg", r.config_path.name,
                "--report", r.report_path.name, "--seed", str(seed), "--threads", "1",
-               "--router", args.router, "--timing-allow-fail"]
+               "--placer", args.placer, "--router", args.router, "--timing-allow-fail"]
         _progress(f"place and route (nextpnr-ecp5 {board.nextpnr_device}, seed {seed}) ...")
         r.seconds = _run(cmd, out, r.log_path, f"nextpnr seed {seed}")
         try:
@@ -393,6 +393,7 @@ def build(args) -> int:
         "engine_fmax_mhz": round(eng.achieved, 3) if eng else None,
         "timing_met": timing_met,
         "resources": rep.resources(),
+        "placer": args.placer,
         "router": args.router,
         "seeds": [{"seed": r.seed, "fmax_mhz": r.fmax_mhz, "seconds": round(r.seconds, 1)} for r in runs],
         "best_seed": best.seed,
@@ -468,6 +469,9 @@ def _parser():
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")
+    p.add_argument("--placer", choices=("heap", "static"), default="heap",
+                   help="nextpnr placer (default heap, nextpnr's default: analytic placement, then "
+                   "simulated-annealing refinement; static: the electrostatic placer)")
     p.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2: much faster than router1 on the congested SoC)")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/<board>)")
