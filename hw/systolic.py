@@ -282,27 +282,10 @@ class SystolicArray(wiring.Component):
         w_copy = [register_copies(m, platform, w_col[q], -(-P // fan), f"weight{q}") for q in range(Q)]
         load = Signal()
         m.d.comb += load.eq(c_valid[-1] & c_last[-1])
-        # The accumulator and shadow flip-flops (2 * P * Q * 32 of them) are enabled by the
-        # control pipeline's last stage and by the drain. One net per control signal would
-        # span the whole array, so each group of FANOUT columns of a row gets its own copies
-        # of those control registers (exact duplicates: same next-state input), and its
-        # row-shift enable is one LUT of its own copies.
-        groups_per_row = -(-Q // fan)
-        n_copies = P * groups_per_row
-        cv_copy = register_copies(m, platform, c_valid[-2], n_copies, "ctl_valid")
-        cl_copy = register_copies(m, platform, c_last[-2], n_copies, "ctl_last")
-        load_copy = register_copies(m, platform, c_valid[-2] & c_last[-2], n_copies, "ctl_load")
-        row_end_next = Signal()  # next cycle: the drain is on the last lane group of a pixel, not the last pixel
-        row_end_copy = register_copies(m, platform, row_end_next, n_copies, "row_end")
+        next_row = Signal()  # the drain moves on to the next pixel: the bank shifts by a row
         shadow = [[Signal(signed(ACC_BITS), name=f"shadow_{p}_{q}") for q in range(Q)] for p in range(P)]
         for p in range(P):
             for q in range(Q):
-                k = p * groups_per_row + q // fan
-                cv, cl, ld = cv_copy[k], cl_copy[k], load_copy[k]
-                # the drain moves on to the next pixel: the bank shifts by a row
-                next_row = Signal(name=f"next_row_{p}_{q}") if q % fan == 0 else next_row
-                if q % fan == 0:
-                    m.d.comb += next_row.eq(row_end_copy[k] & self.o.ready & ~ld)
                 mul = Multiplier(ACT_BITS + 1, self._weight_bits)
                 m.submodules[f"mul_{p}_{q}"] = mul
                 m.d.comb += [mul.a.eq(a_copy[p][q // fan]), mul.b.eq(w_copy[q][p // fan])]
@@ -317,15 +300,15 @@ class SystolicArray(wiring.Component):
                 # The tile's last product goes straight to the shadow bank and the
                 # accumulator restarts from 0 (a synchronous reset of its flip-flops, off
                 # the adder's path), so a tile's first beat needs no "first" mux.
-                with m.If(cv):
-                    with m.If(cl):
+                with m.If(c_valid[-1]):
+                    with m.If(c_last[-1]):
                         m.d.sync += acc.eq(0)
                     with m.Else():
                         m.d.sync += acc.eq(nxt)
                 # The shadow bank is a shift register of pixel rows: row 0 is on the
                 # output, so the output payload needs no P-way multiplexer across the
                 # array. (A load never meets a shift: the bank is empty when it loads.)
-                with m.If(ld):
+                with m.If(load):
                     m.d.sync += shadow[p][q].eq(nxt)
                 with m.Elif(next_row):
                     if p + 1 < P:
@@ -359,28 +342,22 @@ class SystolicArray(wiring.Component):
             o.tag.eq(s_tag),
             self.o.valid.eq(shadow_full),
         ]
-        # drain state, as explicit next-state values (the row_end copies are registers of them)
-        full_n = Signal.like(shadow_full)
-        pix_n, grp_n = Signal.like(pix), Signal.like(grp)
-        npix_n, nchan_n, tag_n = Signal.like(s_npix), Signal.like(s_nchan), Signal.like(s_tag)
-        m.d.comb += [full_n.eq(shadow_full), pix_n.eq(pix), grp_n.eq(grp),
-                     npix_n.eq(s_npix), nchan_n.eq(s_nchan), tag_n.eq(s_tag)]
         with m.If(load):
-            m.d.comb += [full_n.eq(1), pix_n.eq(0), grp_n.eq(0),
-                         npix_n.eq(t_npix), nchan_n.eq(t_nchan), tag_n.eq(t_tag)]
+            m.d.sync += [
+                shadow_full.eq(1), pix.eq(0), grp.eq(0),
+                s_npix.eq(t_npix), s_nchan.eq(t_nchan), s_tag.eq(t_tag),
+            ]
         with m.Elif(self.o.valid & self.o.ready):
             with m.If(last_grp):
-                m.d.comb += grp_n.eq(0)
+                m.d.sync += grp.eq(0)
                 with m.If(last_pix):
-                    m.d.comb += [full_n.eq(0), drained.eq(1)]
+                    m.d.sync += shadow_full.eq(0)
+                    m.d.comb += drained.eq(1)
                 with m.Else():
-                    m.d.comb += pix_n.eq(pix + 1)
+                    m.d.sync += pix.eq(pix + 1)
+                    m.d.comb += next_row.eq(1)
             with m.Else():
-                m.d.comb += grp_n.eq(grp + 1)
-        m.d.sync += [shadow_full.eq(full_n), pix.eq(pix_n), grp.eq(grp_n),
-                     s_npix.eq(npix_n), s_nchan.eq(nchan_n), s_tag.eq(tag_n)]
-        m.d.comb += row_end_next.eq(full_n & ((grp_n == G - 1) | (grp_n * L + L >= nchan_n))
-                                    & (pix_n + 1 < npix_n))
+                m.d.sync += grp.eq(grp + 1)
 
         m.d.comb += self.busy.eq(shadow_full | Cat(*c_valid).any() | ~first)
         return m
