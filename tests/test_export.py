@@ -68,6 +68,7 @@ def _assert_golden_equals_brevitas(net, program, x):
             f"golden {gold[tensor][tuple(mismatch[0])]} brevitas {value[tuple(mismatch[0])]}")
     return gold
 
+
 def test_float_scales_with_bn_agree_closely():
     """With real scales and folded BN the golden model approximates the twin (measured, not assumed)."""
     net = _calibrated("shiftresnet20", "w8a8", "float", expansion=1)
