@@ -18,6 +18,7 @@ Usage::
 
     python bench/network.py                      # E = 1, 3, 6; table + runs/bench_network.json
     python bench/network.py --expansions 6 --json out.json
+    python bench/network.py --no-fuse            # every layer its own pass (no fused CSC passes)
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", default="w8a8", choices=["w8a8", "w4a4"])
     ap.add_argument("--fmax", type=float, help="engine clock in MHz for the inferences/s column")
     ap.add_argument("--json", default="runs/bench_network.json", help="where to write the results")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="run each CSC block's expand and reduce as two passes (default: one fused pass)")
     ap.add_argument("--part", help="use the engine configuration of this FPGA part's SoC bitstream "
                                    "(hw.soc.SOC_PARAMS, e.g. LFE5U-85F) instead of the simulated board's")
     args = ap.parse_args(argv)
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
         for e in [int(v) for v in args.expansions.split(",")]:
             net, shape = untrained_net("shiftresnet20", args.bits, 0, {"expansion": e})
             program = to_program(net, model="shiftresnet20", model_args={"expansion": e}, input_shape=shape)
-            compiled = compile_program(program, acc.params)
+            compiled = compile_program(program, acc.params, fuse=not args.no_fuse)
             t0 = time.monotonic()
             acc.load(compiled)
             load_s = time.monotonic() - t0
@@ -100,18 +103,20 @@ def main(argv=None) -> int:
             layers = [dict(name=n, cycles=c, macs=m, array_beats=b, utilisation=m / (p.rows * p.cols * c))
                       for n, c, m, b in zip(compiled.layer_names, res.layer_cycles, compiled.macs, res.layer_beats)]
             results.append(dict(model="shiftresnet20", expansion=e, bits=args.bits, input="3x32x32",
-                                macs=macs, cycles=res.total_cycles, utilisation=util,
+                                macs=macs, cycles=res.total_cycles, utilisation=util, fused=not args.no_fuse,
+                                passes=compiled.n_layers, act_kib=compiled.act_words_used * p.lanes / 1024,
                                 inferences_per_s=mhz * 1e6 / res.total_cycles, bit_exact=exact,
                                 upload_words=compiled.upload_words, upload_s=load_s, wall_s=run_s, layers=layers))
             print(f"E={e}: {res.total_cycles} cycles, bit-exact {exact}, wall {run_s:.2f} s", flush=True)
 
     print(f"\nengine {p.rows}x{p.cols} array, {p.lanes} lanes{' (' + args.part + ' SoC)' if args.part else ''}; "
           f"clock {mhz:.1f} MHz ({clock_note})\n")
-    print(f"| model | MACs | cycles | utilisation | inferences/s | bit-exact | sim wall s |")
-    print(f"|---|---:|---:|---:|---:|---|---:|")
+    print("| model | passes | activation KiB | MACs | cycles | utilisation | inferences/s | bit-exact | sim wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in results:
-        print(f"| ShiftResNet-20 E={r['expansion']} {r['bits']} | {r['macs']:,} | {r['cycles']:,} | "
-              f"{100 * r['utilisation']:.1f} % | {r['inferences_per_s']:,.0f} | {r['bit_exact']} | {r['wall_s']:.2f} |")
+        print(f"| ShiftResNet-20 E={r['expansion']} {r['bits']} | {r['passes']} | {r['act_kib']:.0f} | {r['macs']:,} | "
+              f"{r['cycles']:,} | {100 * r['utilisation']:.1f} % | {r['inferences_per_s']:,.0f} | {r['bit_exact']} | "
+              f"{r['wall_s']:.2f} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(engine=p.as_dict(), part=args.part, clock_mhz=mhz, clock_source=clock_note,

@@ -161,8 +161,46 @@ class Engine(wiring.Component):
         # rd_issued[-1]: the word requested ACT_READ_LATENCY cycles ago is on act_rd.data
         m.submodules.read_fifo = read_fifo = SyncFIFOBuffered(width=8 * L, depth=self.READ_FIFO_DEPTH)
         rd_pop = Signal()
+        # Fused CSC passes: a second reader streams the block input (the expand half's) straight
+        # into the feeder. The two readers share the read port, taking turns when both can issue.
+        # The main reader reads the mid ring, a pixel only once the expand half has written it
+        # (rd_pix < mid_ready) and wrapping from ring_end back to in_base.
+        rd_pix = Signal(range(p.max_out_pixels + 1))     # pixels the main reader has fully requested
+        mid_ready = Signal.like(rd_pix)                   # mid pixels written (fused passes)
+        mid_ready_q = Signal.like(rd_pix)                 # ... one cycle later (the write's port register)
+        a_addr_rd = Signal.like(act_rd.addr)
+        a_left = Signal.like(desc.a_in_words)
+        a_active = Signal()
+        a_credits = Signal(range(self.READ_FIFO_DEPTH + 1), init=self.READ_FIFO_DEPTH)
+        a_issue = Signal()
+        a_issued = [Signal(name=f"a_issued{k}") for k in range(self.ACT_READ_LATENCY)]
+        m.submodules.a_fifo = a_fifo = SyncFIFOBuffered(width=8 * L, depth=self.READ_FIFO_DEPTH)
+        a_pop = Signal()
+        b_want, a_want, rd_turn = Signal(), Signal(), Signal()
         m.d.comb += [
-            rd_issue.eq(rd_active & (rd_credits != 0)),
+            b_want.eq(rd_active & (rd_credits != 0) & (~desc.fused | (rd_pix < mid_ready_q))),
+            a_want.eq(a_active & (a_credits != 0)),
+            a_issue.eq(a_want & (~b_want | rd_turn)),
+            rd_issue.eq(b_want & ~a_issue),
+            a_fifo.w_data.eq(act_rd.data),
+            a_fifo.w_en.eq(a_issued[-1]),
+            feeder.ia.valid.eq(a_fifo.r_rdy),
+            feeder.ia.payload.as_value().eq(a_fifo.r_data),
+            a_fifo.r_en.eq(feeder.ia.ready),
+            a_pop.eq(a_fifo.r_rdy & feeder.ia.ready),
+        ]
+        with m.If(a_want & b_want):
+            m.d.sync += rd_turn.eq(~rd_turn)
+        m.d.sync += [a_issued[0].eq(a_issue), a_credits.eq(a_credits - a_issue + a_pop)]
+        m.d.sync += [a_issued[k].eq(a_issued[k - 1]) for k in range(1, len(a_issued))]
+        with m.If(start):
+            m.d.sync += [a_addr_rd.eq(desc.a_in_base), a_left.eq(desc.a_in_words),
+                         a_active.eq(desc.fused & (desc.a_in_words != 0))]
+        with m.Elif(a_issue):
+            m.d.sync += [a_addr_rd.eq(a_addr_rd + 1), a_left.eq(a_left - 1)]
+            with m.If(a_left == 1):
+                m.d.sync += a_active.eq(0)
+        m.d.comb += [
             read_fifo.w_data.eq(act_rd.data),
             read_fifo.w_en.eq(rd_issued[-1]),
             shift.i.valid.eq(read_fifo.r_rdy),
@@ -172,20 +210,33 @@ class Engine(wiring.Component):
         ]
         m.d.sync += [rd_issued[0].eq(rd_issue), rd_credits.eq(rd_credits - rd_issue + rd_pop)]
         m.d.sync += [rd_issued[k].eq(rd_issued[k - 1]) for k in range(1, len(rd_issued))]
+        def rd_step(nxt):
+            # the next read address, wrapped at the end of the mid ring (ring_end = act_words,
+            # never reached, for an ordinary pass)
+            m.d.sync += rd_addr.eq(Mux(nxt == desc.ring_end, desc.in_base, nxt))
+
         with m.If(start):
-            m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1)]
+            m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1),
+                         rd_pix.eq(0)]
         with m.Elif(rd_issue):
             with m.If(rd_w + 1 != desc.shift.in_beats):
-                m.d.sync += [rd_w.eq(rd_w + 1), rd_addr.eq(rd_addr + 1)]
-            with m.Elif(rd_x + 1 != desc.shift.width):
-                m.d.sync += [rd_w.eq(0), rd_x.eq(rd_x + 1), rd_addr.eq(rd_addr + 1 + desc.rd_skip)]
+                m.d.sync += rd_w.eq(rd_w + 1)
+                rd_step(rd_addr + 1)
             with m.Else():
-                m.d.sync += [rd_w.eq(0), rd_x.eq(0), rd_y.eq(rd_y + 1),
-                             rd_addr.eq(rd_addr + 1 + desc.rd_skip + desc.rd_row_skip)]
-                with m.If(rd_y + 1 == desc.shift.height):
-                    m.d.sync += rd_active.eq(0)
+                m.d.sync += [rd_w.eq(0), rd_pix.eq(rd_pix + 1)]
+                with m.If(rd_x + 1 != desc.shift.width):
+                    m.d.sync += rd_x.eq(rd_x + 1)
+                    rd_step(rd_addr + 1 + desc.rd_skip)
+                with m.Else():
+                    m.d.sync += [rd_x.eq(0), rd_y.eq(rd_y + 1)]
+                    rd_step(rd_addr + 1 + desc.rd_skip + desc.rd_row_skip)
+                    with m.If(rd_y + 1 == desc.shift.height):
+                        m.d.sync += rd_active.eq(0)
         rd_idle = Signal()
-        m.d.comb += rd_idle.eq(~rd_active & (rd_credits == self.READ_FIFO_DEPTH))
+        m.d.comb += rd_idle.eq(~rd_active & (rd_credits == self.READ_FIFO_DEPTH)
+                               & ~a_active & (a_credits == self.READ_FIFO_DEPTH))
+        # the expand half may fill the ring up to ring_pixels past the main reader's position
+        m.d.sync += feeder.a_room_end.eq(rd_pix + desc.ring_pixels)
 
         # the shift unit's configuration: the layer's while it runs, all-zero (idle) otherwise
         shift_cfg = Signal(len(desc.shift.as_value()))
@@ -207,6 +258,15 @@ class Engine(wiring.Component):
             fc.out_pixels.eq(desc.out_pixels),
             fc.w_base.eq(desc.w_base),
             fc.act_signed.eq(desc.act_signed),
+            fc.fused.eq(desc.fused),
+            fc.a_g_words.eq(desc.a_in_beats),
+            fc.a_c_gather.eq(desc.a_c_gather),
+            fc.a_c_out.eq(desc.a_c_out),
+            fc.a_groups.eq(desc.a_groups),
+            fc.a_pixels.eq(desc.a_pixels),
+            fc.a_w_base.eq(desc.a_w_base),
+            fc.a_act_signed.eq(desc.a_act_signed),
+            fc.ring_pixels.eq(desc.ring_pixels),
             feeder.start.eq(start),
             feeder.w_data.eq(w_rd.data),
             array.i.valid.eq(feeder.o.valid),
@@ -228,7 +288,8 @@ class Engine(wiring.Component):
             return dict(valid=Signal(name=f"{prefix}_valid"), acc=Signal.like(ao.acc, name=f"{prefix}_acc"),
                         mask=Signal.like(ao.mask, name=f"{prefix}_mask"),
                         chan=Signal.like(stage.i.payload.chan, name=f"{prefix}_chan"),
-                        first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"))
+                        first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"),
+                        ctx=Signal(name=f"{prefix}_ctx"))
 
         y, z, a, b_, c = (stage_regs(n) for n in ("y", "z", "a", "b", "c"))
         y_pix = Signal(range(p.max_out_pixels + P))
@@ -251,24 +312,30 @@ class Engine(wiring.Component):
 
         array_take = Signal()
         m.d.comb += array_take.eq(array.o.valid & array.o.ready)
-        advance(y, array_take, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan))
+        # ctx 1: a beat of a fused pass's expand half, written into the mid ring (pix0 is its ring
+        # pixel) with the mid's words per pixel; its output-stage entries start at a_table_off
+        advance(y, array_take, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan, ctx=tag.ctx))
         with m.If(array_take):
             m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
+        keys = ("acc", "mask", "chan", "first", "last", "ctx")
         advance(z, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
-                                    last=y_pix + 1 == desc.out_pixels))
+                                    last=y_pix + 1 == desc.out_pixels, ctx=y["ctx"]))
         with m.If(y["valid"]):
-            m.d.sync += z_word_off.eq(y_pix * desc.out_words + (y["chan"] >> lg_l))
-        advance(a, z["valid"], {k: z[k] for k in ("acc", "mask", "chan", "first", "last")})
+            m.d.sync += z_word_off.eq(y_pix * Mux(y["ctx"], desc.shift.in_beats, desc.out_words)
+                                      + (y["chan"] >> lg_l))
+        advance(a, z["valid"], {k: z[k] for k in keys})
         with m.If(z["valid"]):
             m.d.sync += [
-                a_addr.eq(Mux(mode == Mode.POOL, desc.out_base + (z["chan"] >> lg_l),
-                              Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off))),
+                a_addr.eq(Mux(z["ctx"], desc.in_base + z_word_off,
+                              Mux(mode == Mode.POOL, desc.out_base + (z["chan"] >> lg_l),
+                                  Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off)))),
                 a_res_addr.eq(desc.res_base + z_word_off),
             ]
-        advance(b_, a["valid"], {k: a[k] for k in ("acc", "mask", "chan", "first", "last")})
+        advance(b_, a["valid"], {k: a[k] for k in keys})
         with m.If(a["valid"]):
             m.d.sync += b_addr.eq(a_addr)
-        advance(c, b_["valid"], {k: b_[k] for k in ("acc", "mask", "chan", "first", "last")})
+        advance(c, b_["valid"], {**{k: b_[k] for k in keys},
+                                 "chan": b_["chan"] + Mux(b_["ctx"], desc.a_table_off, 0)})
         with m.If(b_["valid"]):
             m.d.sync += c_addr.eq(b_addr)
         with m.If(start):
@@ -277,13 +344,13 @@ class Engine(wiring.Component):
         m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(1)]
 
         # beat FIFO: B's beat with its output address and residual word, into the output stage
-        fields = [c["acc"], c["mask"], c["chan"], c["first"], c["last"], c_addr, act_res.data]
+        fields = [c["acc"], c["mask"], c["chan"], c["first"], c["last"], c["ctx"], c_addr, act_res.data]
         m.submodules.beat_fifo = beat_fifo = SyncFIFOBuffered(width=len(Cat(*fields)), depth=D)
         m.d.comb += [beat_fifo.w_data.eq(Cat(*fields)), beat_fifo.w_en.eq(c["valid"])]
-        f_acc, f_mask, f_chan, f_first, f_last, f_addr, f_res = (
+        f_acc, f_mask, f_chan, f_first, f_last, f_ctx, f_addr, f_res = (
             Signal.like(f, name=f"fifo_{n}") for f, n in
-            zip(fields, ("acc", "mask", "chan", "first", "last", "addr", "res")))
-        m.d.comb += Cat(f_acc, f_mask, f_chan, f_first, f_last, f_addr, f_res).eq(beat_fifo.r_data)
+            zip(fields, ("acc", "mask", "chan", "first", "last", "ctx", "addr", "res")))
+        m.d.comb += Cat(f_acc, f_mask, f_chan, f_first, f_last, f_ctx, f_addr, f_res).eq(beat_fifo.r_data)
         beat_pop = Signal()
         m.d.comb += [beat_fifo.r_en.eq(stage.i.ready), beat_pop.eq(beat_fifo.r_rdy & stage.i.ready)]
         m.d.sync += out_credits.eq(out_credits - array_take + beat_pop)
@@ -292,7 +359,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             stage.i.valid.eq(beat_fifo.r_rdy),
             sp.acc.eq(f_acc), sp.chan.eq(f_chan), sp.mask.eq(f_mask),
-            sp.pool_first.eq(f_first), sp.pool_last.eq(f_last), sp.last.eq(0),
+            sp.pool_first.eq(f_first), sp.pool_last.eq(f_last), sp.last.eq(0), sp.alt.eq(f_ctx),
             stage.r.valid.eq(beat_fifo.r_rdy),
             stage.cfg.eq(desc.out),
         ]
@@ -300,10 +367,10 @@ class Engine(wiring.Component):
             byte = f_res[8 * k:8 * k + 8]
             m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
 
-        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(b_addr), depth=64)
+        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(b_addr) + 1, depth=64)
         m.d.comb += [
-            addr_fifo.w_data.eq(f_addr),
-            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last)),
+            addr_fifo.w_data.eq(Cat(f_addr, f_ctx)),
+            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last | f_ctx)),
             addr_fifo.r_en.eq(stage.o.valid),
             stage.o.ready.eq(1),
         ]
@@ -319,15 +386,34 @@ class Engine(wiring.Component):
             m.d.sync += writes.eq(writes + 1)
         # results are written one cycle later from registers (the write enables of the activation
         # memory reach every block RAM of it, so they start at a flip-flop)
-        wr_act, wr_raw = Signal(), Signal()
-        wr_addr = Signal.like(addr_fifo.r_data)
+        wr_act, wr_raw, wr_mid = Signal(), Signal(), Signal()
+        wr_addr = Signal(len(b_addr))
         wr_bytes = Signal.like(out_bytes)
         wr_words = Signal.like(out_words)
+        res_ctx = addr_fifo.r_data[-1]
         m.d.sync += [
-            wr_act.eq(result & addr_fifo.r_rdy & (mode != Mode.RAW)),
-            wr_raw.eq(result & addr_fifo.r_rdy & (mode == Mode.RAW)),
-            wr_addr.eq(addr_fifo.r_data), wr_bytes.eq(out_bytes), wr_words.eq(out_words),
+            wr_act.eq(result & addr_fifo.r_rdy & ((mode != Mode.RAW) | res_ctx)),
+            wr_raw.eq(result & addr_fifo.r_rdy & (mode == Mode.RAW) & ~res_ctx),
+            wr_mid.eq(result & addr_fifo.r_rdy & res_ctx),
+            wr_addr.eq(addr_fifo.r_data[:-1]), wr_bytes.eq(out_bytes), wr_words.eq(out_words),
         ]
+        # mid pixels written by the expand half: whole tiles (a tile's words arrive group by group,
+        # so its pixels are complete only with its last word), all of them with the last word.
+        # The main reader sees the count a cycle later (mid_ready_q), when the write has passed the
+        # memory's port register.
+        a_written = Signal.like(desc.a_out_beats)
+        a_tile_cnt = Signal.like(desc.a_tile_words)
+        with m.If(start):
+            m.d.sync += [a_written.eq(0), a_tile_cnt.eq(0), mid_ready.eq(0)]
+        with m.Elif(wr_mid):
+            m.d.sync += a_written.eq(a_written + 1)
+            with m.If(a_written + 1 == desc.a_out_beats):
+                m.d.sync += mid_ready.eq(desc.a_pixels)
+            with m.Elif(a_tile_cnt + 1 == desc.a_tile_words):
+                m.d.sync += [a_tile_cnt.eq(0), mid_ready.eq(mid_ready + P)]
+            with m.Else():
+                m.d.sync += a_tile_cnt.eq(a_tile_cnt + 1)
+        m.d.sync += mid_ready_q.eq(Mux(start, 0, mid_ready))
 
         # ------------------------------------------------------------ bus (host side)
         bus = self.bus
@@ -416,7 +502,7 @@ class Engine(wiring.Component):
         # the engine's side of the memory ports (the host's side is above, while not running)
         with m.If(running):
             m.d.comb += [
-                act_rd.addr.eq(rd_addr), act_rd.en.eq(1),
+                act_rd.addr.eq(Mux(a_issue, a_addr_rd, rd_addr)), act_rd.en.eq(1),
                 w_rd.addr.eq(feeder.w_addr), w_rd.en.eq(feeder.w_en),
                 act_wr.addr.eq(wr_addr), act_wr.data.eq(wr_bytes), act_wr.en.eq(wr_act),
                 l_wr.addr.eq(wr_addr), l_wr.data.eq(wr_words), l_wr.en.eq(wr_raw),
@@ -449,7 +535,7 @@ class Engine(wiring.Component):
                 m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
                              t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
-                more_t = tt < desc.c_out
+                more_t = tt < desc.table_len
                 m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t)]
                 with m.If(more_s):
                     m.d.sync += ts.eq(ts + 1)

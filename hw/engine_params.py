@@ -30,7 +30,7 @@ __all__ = ["EngineParams", "Region", "Csr", "ENGINE_ID", "ENGINE_VERSION", "DESC
 #: ``"SFEN"``: identification word at CSR 0.
 ENGINE_ID = 0x5346454E
 #: Version of the memory map / descriptor format (bump on any change).
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 #: 32-bit words per layer descriptor in the descriptor memory.
 DESC_WORDS = 32
 
@@ -198,9 +198,28 @@ def descriptor_layout(params: EngineParams, shift_cfg_layout) -> data.StructLayo
         "w_base": unsigned(max(1, ceil_log2(params.weight_words))),
         "sched_base": unsigned(max(1, ceil_log2(params.sched_words))),
         "table_base": unsigned(max(1, ceil_log2(params.table_words))),
-        "out_beats": unsigned(bits_for(params.max_out_pixels * math.ceil(params.max_cout / params.lanes))),
+        "out_beats": unsigned(bits_for(2 * params.max_out_pixels * math.ceil(params.max_cout / params.lanes))),
+        "table_len": chans,        # output-stage entries to load (c_out, plus the expand half's when fused)
         "shift": shift_cfg_layout,
         "out": ConfigLayout,
+        # ---- a fused CSC pass (docs/ENGINE.md): the fields above describe its reduce half (shift +
+        # 1x1 + residual, reading the mid ring at in_base), these its expand half (1x1 from the block
+        # input into the ring); all 0 for an ordinary pass, with ring_end = act_words
+        "fused": 1,
+        "ring_end": unsigned(bits_for(params.act_words)),   # the reader wraps from here to in_base
+        "ring_pixels": pix,        # mid pixels the ring holds (a multiple of rows)
+        "a_in_base": act_addr,     # block input tensor
+        "a_in_words": unsigned(bits_for(params.act_words)),  # its words (pixels * a_in_beats)
+        "a_in_beats": unsigned(bits_for(params.gather_words)),  # its words per pixel
+        "a_act_signed": 1,
+        "a_c_gather": chans,       # input channels of the expand 1x1
+        "a_c_out": chans,          # mid channels
+        "a_groups": unsigned(bits_for(params.max_groups)),
+        "a_pixels": pix,           # pixels of the block input (= of the mid map)
+        "a_w_base": unsigned(max(1, ceil_log2(params.weight_words))),
+        "a_table_off": chans,      # output-stage entry of mid channel 0 (a multiple of lanes)
+        "a_tile_words": unsigned(bits_for(params.rows * math.ceil(params.max_cout / params.lanes))),
+        "a_out_beats": unsigned(bits_for(params.max_out_pixels * math.ceil(params.max_cout / params.lanes))),
     })
     if layout.size > 32 * DESC_WORDS:
         raise ValueError(f"descriptor needs {layout.size} bits, more than {DESC_WORDS} words")

@@ -101,6 +101,10 @@ ConfigLayout = data.StructLayout({
     "pool_s": _SHIFT,
     "pool_lo": ACT_OUT_SHAPE,
     "pool_hi": ACT_OUT_SHAPE,
+    # the clamp of beats flagged ``alt`` (mode QUANT only): the expand half of a fused CSC pass,
+    # whose beats share the pass with the reduce half but have their own ReLU and no residual
+    "alt_lo": ACT_OUT_SHAPE,
+    "alt_hi": ACT_OUT_SHAPE,
 })
 
 #: One entry of the per-channel table.
@@ -143,7 +147,9 @@ class OutputStage(wiring.Component):
         ``acc`` (``ArrayLayout(signed(32), lanes)``), ``chan`` (output channel of
         lane 0, a multiple of ``lanes``), ``mask`` (valid lanes, passed on),
         ``pool_first``/``pool_last`` (first/last pixel of the map, mode POOL),
-        ``last`` (passed on).
+        ``last`` (passed on), ``alt`` (clamp with ``cfg.alt_lo``/``alt_hi``, no
+        residual add, no pool: one word out per beat in every mode but RAW; the
+        residual word is still consumed).
     r : In(stream.Signature(ArrayLayout(signed(9), lanes)))
         Residual (the block input on the output grid), one word per ``i`` beat
         when ``cfg.res_en`` and mode is not RAW; never read otherwise.
@@ -192,6 +198,7 @@ class OutputStage(wiring.Component):
             "pool_first": 1,
             "pool_last": 1,
             "last": 1,
+            "alt": 1,
         })
         self._residual_layout = data.ArrayLayout(ACT_OUT_SHAPE, lanes)
         self._output_layout = data.StructLayout({
@@ -254,11 +261,11 @@ class OutputStage(wiring.Component):
         v1 = Signal()
         chan1 = Signal.like(ip.chan)
         mask1 = Signal.like(ip.mask)
-        pf1, pl1, last1 = Signal(), Signal(), Signal()
+        pf1, pl1, last1, alt1 = Signal(), Signal(), Signal(), Signal()
         acc1 = Signal.like(ip.acc)
         res1 = Signal(self._residual_layout)
         m.d.sync += [v1.eq(accept), chan1.eq(ip.chan), mask1.eq(ip.mask), pf1.eq(ip.pool_first),
-                     pl1.eq(ip.pool_last), last1.eq(ip.last), acc1.eq(ip.acc),
+                     pl1.eq(ip.pool_last), last1.eq(ip.last), alt1.eq(ip.alt), acc1.eq(ip.acc),
                      res1.eq(Mux(need_res, self.r.payload.as_value(), 0))]
 
         # control, delayed alongside the datapath
@@ -276,6 +283,12 @@ class OutputStage(wiring.Component):
         last_x = delay(last1, EXIT - 1, "last")
         chan_x = delay(chan1, EXIT - 1, "chan_x")
         pl_x = delay(pl8, EXIT - 8, "pool_last_x")
+        alt6 = delay(alt1, 5, "alt")         # beside q6 (the requantisation clamp)
+        alt7 = delay(alt6, 1, "alt7")        # beside y7 (the residual add)
+        alt9 = delay(alt7, 2, "alt9")        # beside the pool write: alt beats never pool
+        alt_x = delay(alt9, EXIT - 9, "alt_x")
+        lo6, hi6 = Signal(ACT_OUT_SHAPE), Signal(ACT_OUT_SHAPE)
+        m.d.comb += [lo6.eq(Mux(alt6, cfg.alt_lo, cfg.lo)), hi6.eq(Mux(alt6, cfg.alt_hi, cfg.hi))]
 
         pool_mode = Signal()
         m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
@@ -338,10 +351,10 @@ class OutputStage(wiring.Component):
             # ---- stage 6: requantisation clamp --------------------------------
             y7 = Signal(ACT_OUT_SHAPE, name=f"y{k}")
             r7 = Signal.like(r6, name=f"r{k}_7")
-            m.d.sync += [y7.eq(_clamp(q6, cfg.lo, cfg.hi)), r7.eq(r6)]
+            m.d.sync += [y7.eq(_clamp(q6, lo6, hi6)), r7.eq(r6)]
             # ---- stage 7: residual add + clamp ---------------------------------
             y8 = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
-            m.d.sync += y8.eq(Mux(need_res, _clamp(y7 + r7, cfg.res_lo, cfg.res_hi), y7))
+            m.d.sync += y8.eq(Mux(need_res & ~alt7, _clamp(y7 + r7, cfg.res_lo, cfg.res_hi), y7))
             y_x = delay(y8, EXIT - 8, f"yq{k}")
             y9.append(delay(y8, 1, f"y{k}_9"))
 
@@ -363,7 +376,7 @@ class OutputStage(wiring.Component):
                 psum.eq(Mux(pf9, 0, Mux(bypass9, psum10, read9)) + y9[k]),
                 pwr.addr.eq(chan9 >> lg),
                 pwr.data.eq(psum),
-                pwr.en.eq(v[9] & pool_mode),
+                pwr.en.eq(v[9] & pool_mode & ~alt9),
             ]
             # stage 10: the sum, registered (the route into the DSP); 13: product;
             # 14: rounding constant; 15: shift; 16: clamp, exit
@@ -384,7 +397,7 @@ class OutputStage(wiring.Component):
                 with m.Case(Mode.RAW):
                     m.d.comb += word.eq(raw_x)
                 with m.Case(Mode.POOL):
-                    m.d.comb += word.eq(pq14)
+                    m.d.comb += word.eq(Mux(alt_x, y_x, pq14))
                 with m.Default():
                     m.d.comb += word.eq(y_x)
             out_data.append(word)
@@ -393,7 +406,7 @@ class OutputStage(wiring.Component):
         emit = Signal()
         drop = Signal()
         m.d.comb += [
-            emit.eq(v[EXIT] & (~pool_mode | pl_x)),
+            emit.eq(v[EXIT] & (~pool_mode | pl_x | alt_x)),
             drop.eq(v[EXIT] & ~emit),
         ]
         wword = Signal(self._output_layout)

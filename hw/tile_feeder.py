@@ -33,7 +33,7 @@ feeder, sets the pace.
 
 from __future__ import annotations
 
-from amaranth import Array, Module, Mux, Signal
+from amaranth import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -49,10 +49,15 @@ TILE_SLOTS = 4
 
 
 def tag_layout(params: EngineParams) -> data.StructLayout:
-    """What a tile's ``last`` beat tells the output side: first output pixel and channel group."""
+    """What a tile's ``last`` beat tells the output side: first output pixel, channel group, context.
+
+    ``ctx`` is 1 for a tile of the expand half of a fused CSC pass (its ``pix0`` is then the
+    tile's first pixel in the mid ring), 0 otherwise.
+    """
     return data.StructLayout({
         "pix0": unsigned_for(params.max_out_pixels),
         "group": unsigned_for(params.max_groups),
+        "ctx": 1,
     })
 
 
@@ -69,12 +74,22 @@ class TileFeeder(wiring.Component):
     -------
     i : In(stream.Signature(ArrayLayout(unsigned(8), L)))
         Gathered pixels from the shift unit.
+    ia : In(stream.Signature(ArrayLayout(unsigned(8), L)))
+        Fused passes only: the expand half's input pixels (raster order, ``a_g_words``
+        beats each, no gather, stride 1).
     o : Out(stream.Signature(array.input_layout))
         Array beats.
     cfg : In(cfg_layout)
         ``width``, ``height`` (input map), ``stride_log2``, ``g_words``
         (beats per gathered pixel), ``c_gather``, ``c_out``, ``groups``,
-        ``out_pixels``, ``w_base``, ``act_signed``. Static while running.
+        ``out_pixels``, ``w_base``, ``act_signed``; for a fused pass also
+        ``fused`` and the expand half's ``a_g_words``, ``a_c_gather``,
+        ``a_c_out``, ``a_groups``, ``a_pixels``, ``a_w_base``,
+        ``a_act_signed`` and ``ring_pixels``. Static while running.
+    a_room_end : In
+        Fused passes: the expand half may start a tile only if all its pixels
+        are below this pixel index (the engine keeps it at the mid ring's
+        free end).
     start : In(1)
         Pulse before a layer: resets both sides.
     w_addr, w_en : Out
@@ -88,6 +103,7 @@ class TileFeeder(wiring.Component):
     def __init__(self, params: EngineParams, array_input_layout):
         self._p = params
         L = params.lanes
+        pix = unsigned_for(params.max_out_pixels)
         self.cfg_layout = data.StructLayout({
             "width": unsigned_for(params.max_width),
             "height": unsigned_for(params.max_height),
@@ -96,15 +112,26 @@ class TileFeeder(wiring.Component):
             "c_gather": unsigned_for(params.max_gather),
             "c_out": unsigned_for(params.max_cout),
             "groups": unsigned_for(params.max_groups),
-            "out_pixels": unsigned_for(params.max_out_pixels),
+            "out_pixels": pix,
             "w_base": unsigned_for(params.weight_words - 1),
             "act_signed": 1,
+            "fused": 1,
+            "a_g_words": unsigned_for(params.gather_words),
+            "a_c_gather": unsigned_for(params.max_gather),
+            "a_c_out": unsigned_for(params.max_cout),
+            "a_groups": unsigned_for(params.max_groups),
+            "a_pixels": pix,
+            "a_w_base": unsigned_for(params.weight_words - 1),
+            "a_act_signed": 1,
+            "ring_pixels": pix,
         })
         self._tag_layout = tag_layout(params)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(8, L))),
+            "ia": In(stream.Signature(data.ArrayLayout(8, L))),
             "o": Out(stream.Signature(array_input_layout)),
             "cfg": In(self.cfg_layout),
+            "a_room_end": In(bits_for(2 * params.max_out_pixels)),
             "start": In(1),
             "w_addr": Out(max(1, ceil_log2(params.weight_words))),
             "w_en": Out(1),
@@ -119,18 +146,22 @@ class TileFeeder(wiring.Component):
         GW = p.gather_words
         lg_l = ceil_log2(L)
         cfg = self.cfg
+        S = TILE_SLOTS
 
         banks = []
         for k in range(P):
-            mem = Memory(shape=8 * L, depth=TILE_SLOTS * GW, init=[])
+            mem = Memory(shape=8 * L, depth=S * GW, init=[])
             m.submodules[f"bank{k}"] = mem
             banks.append((mem.write_port(), mem.read_port(transparent_for=())))
 
         # ------------------------------------------------------------ write side
-        S = TILE_SLOTS
+        # Slot ownership: the pass's only stream (the shift unit's) uses all S slots as a ring; in a
+        # fused pass it uses slots 0..1 and the expand input slots 2..3.
         full = Signal(S)
         n_pix = Array(Signal(range(P + 1), name=f"n_pix{h}") for h in range(S))
         pix0 = Array(Signal(self._tag_layout["pix0"].shape, name=f"pix0_{h}") for h in range(S))
+
+        # the shift unit's stream: cursor (slot, pixel in tile, beat in pixel), map position, kept pixels
         wslot = Signal(range(S))
         wp = Signal(range(P))
         b = Signal.like(cfg.g_words)
@@ -138,19 +169,45 @@ class TileFeeder(wiring.Component):
         y = Signal.like(cfg.height)
         kept = Signal.like(cfg.out_pixels)          # output pixels written so far
 
+        # the expand input's stream (fused passes): cursor, pixels written, the tile's place in the ring
+        a_wslot = Signal()                           # slot 2 + a_wslot
+        a_wp = Signal(range(P))
+        a_b = Signal.like(cfg.a_g_words)
+        a_kept = Signal.like(cfg.a_pixels)
+        a_ring = Signal.like(cfg.ring_pixels)        # ring pixel of the tile being written
+        a_slot = Signal(range(S))
+        m.d.comb += a_slot.eq(Cat(a_wslot, 1))
+
         smask = Signal(2)
         m.d.comb += smask.eq(Mux(cfg.stride_log2 == 0, 0, Mux(cfg.stride_log2 == 1, 1, 3)))
         keep = Signal()
         m.d.comb += keep.eq(((x & smask) == 0) & ((y & smask) == 0))
 
-        m.d.comb += self.i.ready.eq(~full.bit_select(wslot, 1))
+        # one bank write per cycle: the two streams take turns when both have a beat
+        a_turn = Signal()
+        b_free = Signal()
+        a_can = Signal()
+        a_tile_start = Signal()
+        m.d.comb += [
+            b_free.eq(~full.bit_select(wslot, 1)),
+            a_tile_start.eq((a_wp == 0) & (a_b == 0)),
+            # a tile of the expand half starts only when the ring has room for all of it
+            a_can.eq(cfg.fused & ~full.bit_select(a_slot, 1)
+                     & (~a_tile_start | (a_kept + P <= self.a_room_end))),
+            self.i.ready.eq(b_free & ~(a_turn & a_can & self.ia.valid)),
+        ]
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
+        m.d.comb += self.ia.ready.eq(a_can & ~take)
+        a_take = Signal()
+        m.d.comb += a_take.eq(self.ia.valid & self.ia.ready)
+        with m.If(self.i.valid & b_free & self.ia.valid & a_can):
+            m.d.sync += a_turn.eq(~a_turn)
         for k, (wr, _) in enumerate(banks):
             m.d.comb += [
-                wr.addr.eq(wslot * GW + b),
-                wr.data.eq(self.i.payload.as_value()),
-                wr.en.eq(take & keep & (wp == k)),
+                wr.addr.eq(Mux(a_take, a_slot * GW + a_b, wslot * GW + b)),
+                wr.data.eq(Mux(a_take, self.ia.payload.as_value(), self.i.payload.as_value())),
+                wr.en.eq((take & keep & (wp == k)) | (a_take & (a_wp == k))),
             ]
 
         pixel_end = Signal()
@@ -169,15 +226,40 @@ class TileFeeder(wiring.Component):
                     m.d.sync += [
                         full.bit_select(wslot, 1).eq(1),
                         wp.eq(0),
-                        wslot.eq(wslot + 1),
+                        wslot.eq(Mux(cfg.fused, ~wslot[0], wslot + 1)),
                         n_pix[wslot].eq(wp + 1),
                         pix0[wslot].eq(kept - wp),
                     ]
                 with m.Else():
                     m.d.sync += wp.eq(wp + 1)
 
+        a_pixel_end = Signal()
+        m.d.comb += a_pixel_end.eq(a_take & (a_b + 1 == cfg.a_g_words))
+        with m.If(a_take):
+            m.d.sync += a_b.eq(Mux(a_pixel_end, 0, a_b + 1))
+        with m.If(a_pixel_end):
+            m.d.sync += a_kept.eq(a_kept + 1)
+            with m.If((a_wp == P - 1) | (a_kept + 1 == cfg.a_pixels)):
+                m.d.sync += [
+                    full.bit_select(a_slot, 1).eq(1),
+                    a_wp.eq(0),
+                    a_wslot.eq(~a_wslot),
+                    n_pix[a_slot].eq(a_wp + 1),
+                    pix0[a_slot].eq(a_ring),
+                    # the ring holds a multiple of P pixels, so a tile never wraps
+                    a_ring.eq(Mux(a_ring + P == cfg.ring_pixels, 0, a_ring + P)),
+                ]
+            with m.Else():
+                m.d.sync += a_wp.eq(a_wp + 1)
+
         # ------------------------------------------------------------- read side
-        rslot = Signal(range(S))
+        # Between tiles (ci = 0, g = 0) the next tile is chosen combinationally: the shift unit's
+        # stream's next slot if it is full, else the expand input's (fused passes). Inside a tile
+        # the choice is held in cur_slot / cur_ctx.
+        b_rslot = Signal(range(S))       # next slot of the shift unit's stream
+        a_rslot = Signal()               # next slot of the expand input: 2 + a_rslot
+        cur_slot = Signal(range(S))
+        cur_ctx = Signal()
         g = Signal.like(cfg.groups)
         ci = Signal.like(cfg.c_gather)
         waddr = Signal.like(self.w_addr)
@@ -186,45 +268,77 @@ class TileFeeder(wiring.Component):
         last1 = Signal()
         npix1 = Signal(range(P + 1))
         nchan1 = Signal(range(Q + 1))
+        signed1 = Signal()
         tag1 = Signal(self._tag_layout)
+
+        in_tile = Signal()
+        m.d.comb += in_tile.eq((ci != 0) | (g != 0))
+        a_next = Signal(range(S))
+        m.d.comb += a_next.eq(Cat(a_rslot, 1))
+        pick_a = Signal()
+        m.d.comb += pick_a.eq(~full.bit_select(b_rslot, 1) & cfg.fused & full.bit_select(a_next, 1))
+        rs = Signal(range(S))            # slot of the beat issued now
+        rc = Signal()                    # its context (1: expand half)
+        m.d.comb += [
+            rs.eq(Mux(in_tile, cur_slot, Mux(pick_a, a_next, b_rslot))),
+            rc.eq(Mux(in_tile, cur_ctx, pick_a)),
+        ]
+        c_gather = Signal.like(cfg.c_gather)
+        groups = Signal.like(cfg.groups)
+        c_out = Signal.like(cfg.c_out)
+        m.d.comb += [
+            c_gather.eq(Mux(rc, cfg.a_c_gather, cfg.c_gather)),
+            groups.eq(Mux(rc, cfg.a_groups, cfg.groups)),
+            c_out.eq(Mux(rc, cfg.a_c_out, cfg.c_out)),
+        ]
 
         advance = Signal()
         m.d.comb += advance.eq(~v1 | self.o.ready)
         issue = Signal()
-        m.d.comb += issue.eq(advance & full.bit_select(rslot, 1))
+        m.d.comb += issue.eq(advance & full.bit_select(rs, 1))
         word = ci >> lg_l
         for _, rd in banks:
-            m.d.comb += [rd.addr.eq(rslot * GW + word), rd.en.eq(advance)]
-        m.d.comb += [self.w_addr.eq(waddr), self.w_en.eq(advance)]
+            m.d.comb += [rd.addr.eq(rs * GW + word), rd.en.eq(advance)]
+        # the weight address is a counter through the tile's groups that starts at its context's base
+        w_addr = Signal.like(self.w_addr)
+        m.d.comb += w_addr.eq(Mux(in_tile, waddr, Mux(rc, cfg.a_w_base, cfg.w_base)))
+        m.d.comb += [self.w_addr.eq(w_addr), self.w_en.eq(advance)]
 
         tile_last = Signal()
-        m.d.comb += tile_last.eq(ci + 1 == cfg.c_gather)
+        m.d.comb += tile_last.eq(ci + 1 == c_gather)
         chans_left = Signal(range(p.max_cout + 1))
-        m.d.comb += chans_left.eq(cfg.c_out - g * Q)
+        m.d.comb += chans_left.eq(c_out - g * Q)
         with m.If(advance):
             m.d.sync += v1.eq(issue)
         with m.If(issue):
             m.d.sync += [
                 lane1.eq(ci[:lg_l] if lg_l else 0),
                 last1.eq(tile_last),
-                npix1.eq(n_pix[rslot]),
+                npix1.eq(n_pix[rs]),
                 nchan1.eq(Mux(chans_left > Q, Q, chans_left)),
-                tag1.pix0.eq(pix0[rslot]),
+                signed1.eq(Mux(rc, cfg.a_act_signed, cfg.act_signed)),
+                tag1.pix0.eq(pix0[rs]),
                 tag1.group.eq(g),
-                waddr.eq(waddr + 1),
+                tag1.ctx.eq(rc),
+                waddr.eq(w_addr + 1),
                 ci.eq(Mux(tile_last, 0, ci + 1)),
+                cur_slot.eq(rs),
+                cur_ctx.eq(rc),
             ]
             with m.If(tile_last):
-                with m.If(g + 1 == cfg.groups):
-                    m.d.sync += [g.eq(0), rslot.eq(rslot + 1), waddr.eq(cfg.w_base),
-                                 full.bit_select(rslot, 1).eq(0)]
+                with m.If(g + 1 == groups):
+                    m.d.sync += [g.eq(0), full.bit_select(rs, 1).eq(0)]
+                    with m.If(rc):
+                        m.d.sync += a_rslot.eq(~a_rslot)
+                    with m.Else():
+                        m.d.sync += b_rslot.eq(Mux(cfg.fused, ~b_rslot[0], b_rslot + 1))
                 with m.Else():
                     m.d.sync += g.eq(g + 1)
 
         op = self.o.payload
         m.d.comb += [
             self.o.valid.eq(v1),
-            op.act_signed.eq(cfg.act_signed),
+            op.act_signed.eq(signed1),
             op.weight.as_value().eq(self.w_data),
             op.last.eq(last1),
             op.n_pix.eq(npix1),
@@ -240,7 +354,7 @@ class TileFeeder(wiring.Component):
         # a new layer: both sides from the top (the tile buffer contents do not matter)
         with m.If(self.start):
             m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
-                         rslot.eq(0), g.eq(0), ci.eq(0), v1.eq(0), waddr.eq(cfg.w_base),
+                         a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
+                         b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0), v1.eq(0),
                          self.beats.eq(0)]
         return m
-

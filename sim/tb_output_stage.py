@@ -73,9 +73,27 @@ def _random_config(rng: random.Random, idx: int, N: int):
     pool_m = _multiplier(rng)
     pool_s = _shift_for(8 + npix.bit_length(), pool_m, rng.choice([7, 8]), rng)
     pool_lo, pool_hi = _clamp_pair(rng)
+    # alt beats (the expand half of a fused CSC pass): own channels after the layer's, own clamp,
+    # no residual, no pool, interleaved with the layer's beats
+    n_alt = rng.choice([0, 0, rng.randint(1, 2 * N + 1)]) if mode != "RAW" else 0
+    alt_pix = rng.randint(1, 6)
+    alt_lo, alt_hi = _clamp_pair(rng)
+    alt_acc = [[rng.randint(-amax, amax) for _ in range(n_alt)] for _ in range(alt_pix)]
+    alt_bias = [rng.randint(-(1 << b_bits), 1 << b_bits) for _ in range(n_alt)]
+    alt_m = [_multiplier(rng) for _ in range(n_alt)]
+    alt_s = [_shift_for(max(a_bits, b_bits), alt_m[c], 8, rng) for c in range(n_alt)]
     return dict(mode=mode, c_out=c_out, npix=npix, acc=acc, bias=bias, m=mul, s=sh, lo=lo, hi=hi,
                 res_en=res_en, resid=resid, res_m=res_m, res_s=res_s, res_lo=res_lo, res_hi=res_hi,
-                pool_m=pool_m, pool_s=pool_s, pool_lo=pool_lo, pool_hi=pool_hi)
+                pool_m=pool_m, pool_s=pool_s, pool_lo=pool_lo, pool_hi=pool_hi,
+                n_alt=n_alt, alt_pix=alt_pix, alt_lo=alt_lo, alt_hi=alt_hi, alt_acc=alt_acc,
+                alt_bias=alt_bias, alt_m=alt_m, alt_s=alt_s)
+
+
+def _golden_alt(c):
+    """Expected alt values ``[alt_pix, n_alt]``: requantise with the alt clamp, nothing else."""
+    acc = torch.tensor(c["alt_acc"], dtype=torch.int64).view(c["alt_pix"], c["n_alt"]) + \
+        torch.tensor(c["alt_bias"], dtype=torch.int64)
+    return requantize(acc, torch.tensor(c["alt_m"]), torch.tensor(c["alt_s"]), c["alt_lo"], c["alt_hi"])
 
 
 def _golden(c):
@@ -124,12 +142,19 @@ async def output_stage_random_layers(dut):
         counts["res"] += int(c["res_en"] and mode != "RAW")
         gold = _golden(c)
         groups = list(range(0, c_out, N))
+        n_alt = c["n_alt"]
+        alt_off = groups[-1] + N                     # the alt channels' first table entry
+        alt_groups = list(range(0, n_alt, N))
+        counts["alt"] = counts.get("alt", 0) + int(n_alt > 0)
 
         # table
         tbl_words = []
-        for ch in range(groups[-1] + N):
+        for ch in range(groups[-1] + N + (alt_groups[-1] + N if n_alt else 0)):
             if ch < c_out:
                 e = {"m": c["m"][ch], "s": c["s"][ch], "bias": c["bias"][ch]}
+            elif alt_off <= ch < alt_off + n_alt:
+                a = ch - alt_off
+                e = {"m": c["alt_m"][a], "s": c["alt_s"][a], "bias": c["alt_bias"][a]}
             else:
                 e = {"m": rng.randint(0, 65535), "s": rng.randint(0, 47), "bias": rng.getrandbits(32)}
             tbl_words.append(pack(tl, {"chan": ch, "entry": e}))
@@ -140,9 +165,38 @@ async def output_stage_random_layers(dut):
             "mode": Mode[mode].value, "lo": c["lo"], "hi": c["hi"], "res_en": int(c["res_en"]),
             "res_m": c["res_m"], "res_s": c["res_s"], "res_lo": c["res_lo"], "res_hi": c["res_hi"],
             "pool_m": c["pool_m"], "pool_s": c["pool_s"], "pool_lo": c["pool_lo"], "pool_hi": c["pool_hi"],
+            "alt_lo": c["alt_lo"], "alt_hi": c["alt_hi"],
         })
 
+        # the alt beats, each with its residual word (consumed, not added) and its expected word
+        alt_items = []
+        if n_alt:
+            gold_alt = _golden_alt(c)
+            for p in range(c["alt_pix"]):
+                for g in alt_groups:
+                    lanes = [g + k for k in range(N)]
+                    ok = [ch < n_alt for ch in lanes]
+                    mask = sum(1 << k for k in range(N) if ok[k])
+                    beat = pack(il, {
+                        "acc": [c["alt_acc"][p][ch] if v else rng.getrandbits(32) for ch, v in zip(lanes, ok)],
+                        "chan": alt_off + g, "mask": mask, "alt": 1,
+                        "pool_first": rng.getrandbits(1), "pool_last": rng.getrandbits(1), "last": 0,
+                    })
+                    word = pack(rl, [rng.randint(-128, 255) for _ in range(N)])
+                    exp = {"data": [int(gold_alt[p, ch]) if v else None for ch, v in zip(lanes, ok)],
+                           "chan": alt_off + g, "mask": mask, "last": 0, "pixel": f"alt {p}"}
+                    alt_items.append((beat, word, exp))
+
         beats, resid, expected = [], [], []
+
+        def put_alt(n):
+            for _ in range(n):
+                if alt_items:
+                    beat, word, exp = alt_items.pop(0)
+                    beats.append(beat)
+                    resid.append(word)
+                    expected.append(exp)
+
         for p in range(npix):
             for g in groups:
                 lanes = [g + k for k in range(N)]
@@ -158,9 +212,11 @@ async def output_stage_random_layers(dut):
                     vals = [int(gold[ch] if mode == "POOL" else gold[p, ch]) if v else None for ch, v in zip(lanes, ok)]
                     expected.append({"data": vals, "chan": g, "mask": sum(1 << k for k in range(N) if ok[k]),
                                      "last": int(p == npix - 1 and g == groups[-1]), "pixel": p})
+                put_alt(rng.choice([0, 0, 1, 2]))
+        put_alt(len(alt_items))
         for e in expected:
             for v in e["data"]:
-                if v is not None and mode != "RAW":
+                if v is not None and mode != "RAW" and not str(e["pixel"]).startswith("alt"):
                     lo, hi = (c["pool_lo"], c["pool_hi"]) if mode == "POOL" else \
                         ((c["res_lo"], c["res_hi"]) if c["res_en"] else (c["lo"], c["hi"]))
                     counts["lo_hits"] += int(v == lo)

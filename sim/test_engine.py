@@ -5,8 +5,11 @@ host code as a real board (:mod:`host.compile`, :mod:`host.accelerator`).
 Each run compiles a random program (3x3 im2col stem, a CSC-like block with a
 shift, a strided projection and a residual, global pool, classifier; see
 ``quant.synthetic.random_program``) with ``keep_all`` so that every tensor
-of every layer stays in memory, and compares every word of every tensor with
-``quant.golden.run``. Reproduce a failure with the seed in its message.
+the engine stores stays in memory, and compares every word of every one of
+them with ``quant.golden.run``. The CSC-like block runs as one fused pass
+(expand into a ring of mid pixels, shift + reduce behind it), with the
+default ring and with the smallest one (one tile), and as two passes.
+Reproduce a failure with the seed in its message.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 import torch
 
 from host.accelerator import Accelerator
-from host.compile import CompileError, compile_program
+from host.compile import CompileError, compile_program, plan_passes
 from hw.engine import Engine
 from hw.engine_params import EngineParams
 from quant import golden
@@ -25,13 +28,13 @@ from sim.harness import seed_from_env
 from sim.pysim_bus import run_with_bus
 
 TINY = dict(act_words=2048, weight_words=2048, max_layers=8, sched_words=256, table_words=256,
-            logit_words=8, max_width=8, max_height=8, max_cin=32, max_gather=64, radius=2, max_cout=32)
+            logit_words=8, max_width=8, max_height=8, max_cin=32, max_gather=64, radius=2, max_cout=64)
 
 
 def first_mismatch(program, expected: dict, got: dict) -> str | None:
-    for name, ref in expected.items():
-        ref = ref.numpy()
-        out = got[name]
+    """The first word of a tensor in ``got`` (what the engine stored) that differs from ``expected``."""
+    for name, out in got.items():
+        ref = expected[name].numpy()
         if out.shape != ref.shape:
             return f"tensor {name!r}: shape {out.shape}, expected {ref.shape}"
         bad = np.argwhere(out != ref)
@@ -43,20 +46,25 @@ def first_mismatch(program, expected: dict, got: dict) -> str | None:
     return None
 
 
-def run_program(params: EngineParams, program, image: torch.Tensor):
+def run_program(params: EngineParams, program, image: torch.Tensor, **compile_args):
     def host(link):
         acc = Accelerator(link, run_timeout=1e9)
-        compiled = compile_program(program, acc.params, keep_all=True)
+        compiled = compile_program(program, acc.params, keep_all=True, **compile_args)
         acc.load(compiled)
         return acc.infer(golden.quantize_input(program, image).numpy(), keep_all=True)
 
     return run_with_bus(Engine(params), host)
 
 
+PASSES = {"fused": {}, "fused_ring1": {"ring_pixels": "rows"}, "unfused": {"fuse": False}}
+
+
+@pytest.mark.parametrize("passes", list(PASSES))
 @pytest.mark.parametrize("shape", [(2, 4, 4), (3, 8, 4), (4, 8, 8)], ids=lambda s: "P{}xQ{}_L{}".format(*s))
-def test_engine_random_programs(shape):
+def test_engine_random_programs(shape, passes):
     rows, cols, lanes = shape
     params = EngineParams(rows=rows, cols=cols, lanes=lanes, **TINY)
+    compile_args = {k: rows if v == "rows" else v for k, v in PASSES[passes].items()}
     seed = seed_from_env()
     for k in range(2):
         s = seed + k
@@ -66,12 +74,14 @@ def test_engine_random_programs(shape):
                                  classes=int(rng.integers(2, 12)), in_channels=int(rng.integers(1, 4)))
         image = torch.rand(program.tensors[program.input].shape[2], size, size,
                            generator=torch.Generator().manual_seed(s))
-        result = run_program(params, program, image)
+        result = run_program(params, program, image, **compile_args)
         problem = first_mismatch(program, golden.run(program, golden.quantize_input(program, image)),
                                  result.outputs)
-        assert problem is None, f"seed {s} (SHIFTFPGA_SEED={s}), engine {shape}: {problem}"
+        assert problem is None, f"seed {s} (SHIFTFPGA_SEED={s}), engine {shape}, {passes}: {problem}"
         assert np.array_equal(result.logits, golden.predict(program, image).numpy())
-        assert len(result.layer_cycles) == len(program.layers) and all(c > 0 for c in result.layer_cycles)
+        n_passes = len(program.layers) - (passes != "unfused")      # the CSC block fuses into one pass
+        assert len(plan_passes(program, params, **compile_args)) == n_passes
+        assert len(result.layer_cycles) == n_passes and all(c > 0 for c in result.layer_cycles)
         assert result.total_cycles >= sum(result.layer_cycles)
 
 
@@ -96,10 +106,10 @@ def test_tensor_memory_is_reused():
     separate = compile_program(program, params, keep_all=True)
     peak = lambda c: max(p.base + p.words for p in c.places.values() if p.region == 5)  # noqa: E731
     assert peak(shared) < peak(separate)
-    # a layer's output never overlaps its live inputs
-    for layer in program.layers:
-        out = shared.places[layer.output]
-        for name in (layer.input, layer.residual.tensor if layer.residual else None):
+    # a pass's output never overlaps its live inputs (nor a fused pass's mid ring)
+    for ps in plan_passes(program, params):
+        out = shared.places[ps.layer.output]
+        for name in (ps.input, ps.layer.residual.tensor if ps.layer.residual else None):
             if name and out.region == shared.places[name].region:
                 src = shared.places[name]
                 assert out.base + out.words <= src.base or src.base + src.words <= out.base

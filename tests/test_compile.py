@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from amaranth.lib import data
 
-from host.compile import (CompileError, compile_program, pack_activation, pack_entries, unpack_activation,
-                          unpack_logits)
+from host.compile import (CompileError, compile_program, pack_activation, pack_entries, plan_passes,
+                          unpack_activation, unpack_logits)
 from hw.engine_params import DESC_WORDS, EngineParams, Region, descriptor_layout, parts_for
 from quant.synthetic import random_program
 
@@ -50,7 +51,7 @@ def test_params_round_trip_and_validation():
 
 def test_weights_are_laid_out_in_feeder_order():
     program = random_program(seed=3, size=6, channels=8)
-    compiled = compile_program(program, SMALL)
+    compiled = compile_program(program, SMALL, fuse=False)
     weights = dict(compiled.uploads)[Region.WEIGHT << 24]
     k = parts_for(8 * SMALL.cols)
     layer = program.layers[1]                 # the first layer after the stem
@@ -72,3 +73,48 @@ def test_compile_errors_are_one_line():
     with pytest.raises(CompileError) as exc:
         compile_program(program, tiny)
     assert "\n" not in str(exc.value) and "layers" in str(exc.value)
+
+
+def _descriptor(compiled, index):
+    layout = descriptor_layout(compiled.params, compiled.params.shift_unit(for_host=True).cfg_layout)
+    words = dict(compiled.uploads)[Region.DESC << 24][index * DESC_WORDS:(index + 1) * DESC_WORDS]
+    bits = sum(w << (32 * k) for k, w in enumerate(words))
+    return data.Const(layout, bits & ((1 << layout.size) - 1))
+
+
+def test_csc_expand_fuses_into_its_reduce_pass():
+    program = random_program(seed=3, size=6, channels=8)      # expand 8 -> 16 (mid), project 16 -> 8
+    names = [ps.name for ps in plan_passes(program, SMALL)]
+    assert names == ["stem", "shortcut", "expand+project", "pool", "classifier"]
+    assert [ps.name for ps in plan_passes(program, SMALL, fuse=False)] == [lay.name for lay in program.layers]
+    compiled = compile_program(program, SMALL, keep_all=True)
+    assert compiled.layer_names == names
+    assert "mid" not in compiled.places                        # never stored
+    ring = compiled.rings["mid@ring"]
+    assert ring.words == 12 * 4                                 # default: two rows of 6 -> 12 pixels, 4 words each
+    d = _descriptor(compiled, 2)
+    L, P = SMALL.lanes, SMALL.rows
+    assert d.fused == 1 and d.in_base == ring.base and d.ring_end == ring.base + ring.words
+    assert d.ring_pixels == 12 and d.a_in_base == compiled.places["stem"].base
+    assert (d.a_c_gather, d.a_c_out, d.c_gather, d.c_out) == (8, 16, 16, 8)
+    assert d.a_table_off % L == 0 and d.a_table_off >= d.c_out and d.table_len == d.a_table_off + 16
+    assert d.a_tile_words == P * 4 and d.a_out_beats == 36 * 4
+    assert d.out_beats == 9 * 2 + 36 * 4                       # the block's 3x3x8 output + the mid words
+    # the expand half's weights follow the reduce half's
+    assert d.a_w_base == d.w_base + 2 * 16
+    plain = _descriptor(compile_program(program, SMALL, fuse=False), 1)
+    assert plain.fused == 0 and plain.ring_end == SMALL.act_words and plain.table_len == plain.c_out
+
+
+def test_fusion_needs_the_mid_tensor_to_have_one_reader_and_the_tables_to_fit():
+    program = random_program(seed=3, size=6, channels=8)
+    no_room = EngineParams(**{**SMALL.as_dict(), "max_cout": 16})      # 8 + 16 table entries > 16
+    assert len(plan_passes(program, no_room)) == len(program.layers)
+    program.layers[2].input = "mid"                                      # the shortcut now reads the mid too
+    assert len(plan_passes(program, SMALL)) == len(program.layers)
+
+
+def test_ring_size_must_be_whole_tiles():
+    program = random_program(seed=3, size=6, channels=8)
+    with pytest.raises(CompileError, match="multiple"):
+        compile_program(program, SMALL, ring_pixels=3)
