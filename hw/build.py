@@ -128,6 +128,7 @@ def soc_params(board, *, engine=None, lanes=None, reduced=False):
     """The :class:`hw.engine_params.EngineParams` of the SoC for ``board`` (a :class:`hw.boards.Board`).
 
     ``engine`` ``(P, Q)`` and ``lanes`` replace the part's defaults (:data:`hw.soc.SOC_PARAMS`);
+    other ``lanes`` keep the activation memory's size in bytes (its words are ``lanes`` bytes wide);
     ``reduced`` starts from :data:`hw.soc.REDUCED_SOC_PARAMS` instead.
 
     Raises
@@ -151,6 +152,8 @@ def soc_params(board, *, engine=None, lanes=None, reduced=False):
         changes.update(rows=engine[0], cols=engine[1])
     if lanes is not None:
         changes["lanes"] = lanes
+        if lanes > 0:
+            changes["act_words"] = max(1, base.act_words * base.lanes // lanes)
     if lanes is not None and lanes > base.max_cout:
         changes["max_cout"] = lanes
     try:
@@ -457,7 +460,7 @@ def _parser():
                    "(default: the part's; soc: 8x16 on the 85F, see hw.soc.SOC_PARAMS; probe: 8x8 on the 85F)")
     p.add_argument("--lanes", type=int, metavar="L", help="soc only: engine lanes (bytes per activation word, "
                    "channels per output-stage beat; a power of two dividing Q; costs 5*L MULT18X18D; "
-                   "default: the part's, 4 on the 85F)")
+                   "default: the part's, 4 on the 85F; the activation memory keeps its size in bytes)")
     p.add_argument("--reduced", action="store_true",
                    help=f"a tiny core, a quick flow check: soc with a 2x2 engine, 2 lanes and small memories, probe "
                    f"{REDUCED_ENGINE[0]}x{REDUCED_ENGINE[1]}")

@@ -29,6 +29,10 @@ Data flow of one layer (one *pass* of docs/NUMERICS.md section 8)::
   enters the output stage and popped when its result leaves, tells the writer
   where each result goes; in pool mode only the map's last pixel produces a
   result (the pooled vector).
+* A **fused CSC pass** (``desc.fused``) also runs the block's expand 1x1: a
+  second reader streams the block input into the feeder's second port, and
+  those tiles' results go into a ring of mid pixels that the main reader
+  (into the shift unit) reads behind them; see docs/ENGINE.md.
 * The **sequencer** loads a descriptor, copies the layer's shift schedule and
   per-channel table into the shift unit and the output stage, pulses
   ``start``, waits until the layer's last result is written, and stores the

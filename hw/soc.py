@@ -138,8 +138,9 @@ ADDRESS_MULTS = 1
 #: the multipliers (``rows * cols + 5 * lanes + 1``) and the block RAMs (:func:`estimate_resources`)
 #: fit the part with some margin; docs/BUILD.md has the arithmetic and what each one can run.
 SOC_PARAMS = {
-    # 149 of 156 MULT18X18D; ShiftResNet-20 E=1..2 at 32x32 (E=2: 32768 activation words live)
-    "LFE5U-85F": EngineParams(rows=8, cols=16, lanes=4, act_words=32768, weight_words=4096, max_layers=32,
+    # 149 of 156 MULT18X18D; ShiftResNet-20 E=1..2 at 32x32 with fused CSC passes (E=2: 11264 of the
+    # 16384 activation words; as 22 separate passes it would need 22528)
+    "LFE5U-85F": EngineParams(rows=8, cols=16, lanes=4, act_words=16384, weight_words=4096, max_layers=32,
                               sched_words=512, table_words=2048, logit_words=16, max_width=32, max_height=32,
                               max_cin=128, max_gather=128, radius=1, max_cout=128),
     # 69 of 72; ShiftResNet-20 E=1..2 at 16x16 (E=1 at 32x32 needs ~112 EBR: 80 for the activations)

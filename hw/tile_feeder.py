@@ -25,6 +25,16 @@ read enable is the pipeline's advance, so back-pressure from the array (it
 refuses a ``last`` beat while its shadow bank is busy) just freezes the read
 ports.
 
+**Fused CSC passes** (``cfg.fused``, docs/ENGINE.md) add a second input,
+``ia``: the block input for the expand half, written into slots 2-3 while the
+shift unit's stream keeps slots 0-1. One bank write per cycle: the two streams
+take turns when both have a beat. An expand tile starts only when its last
+pixel is below ``a_room_end`` (room in the mid ring). Between tiles the read
+side takes the shift unit's next slot if it is full, else the expand input's;
+the tile's context (``ctx`` in the tag: 1 for expand) selects its
+``c_gather``, ``groups``, ``c_out``, weight base and signedness, and an
+expand tile's ``pix0`` is its position in the ring.
+
 The array is busy for ``groups * c_gather`` cycles per tile and the shift
 unit needs ``P * gather_words`` (times ``4**stride_log2`` for strided layers,
 whose dropped pixels still pass), so for the usual shapes the array, not the

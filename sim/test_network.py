@@ -5,7 +5,8 @@ behind a TCP socket (``hw.soc.simulated_board``); the host side is exactly what
 ``python host/run.py`` uses (``host.compile``, ``host.accelerator``, the link
 protocol). Programs are compiled with ``keep_all`` so that every tensor stays
 in the activation memory and can be read back after the run; every word of
-every tensor is compared. The first run builds the board (a few minutes on two
+every stored tensor is compared (with fused CSC passes, the default, the
+expanded mid tensors are never stored; the block outputs they feed are). The first run builds the board (a few minutes on two
 cores; cached in ``sim_build/board/``).
 """
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from host.accelerator import Accelerator
-from host.compile import compile_program
+from host.compile import compile_program, plan_passes
 from hw.soc import simulated_board
 from quant import golden
 from quant.export import to_program, untrained_net
@@ -43,24 +44,28 @@ def _program(expansion: int, bits: str):
     return to_program(net, model="shiftresnet20", model_args={"expansion": expansion}, input_shape=shape)
 
 
-@pytest.mark.parametrize("bits", ["w8a8", "w4a4"])
-def test_shiftresnet20_every_layer_bit_exact(board, bits):
+@pytest.mark.parametrize("bits, fuse", [("w8a8", True), ("w4a4", True), ("w8a8", False)],
+                         ids=["w8a8", "w4a4", "w8a8-unfused"])
+def test_shiftresnet20_every_layer_bit_exact(board, bits, fuse):
     program = _program(1, bits)
     seed = seed_from_env()
     acc = Accelerator(board.link(timeout=5.0))
-    compiled = compile_program(program, acc.params, keep_all=True)
+    compiled = compile_program(program, acc.params, keep_all=True, fuse=fuse)
+    passes = plan_passes(program, acc.params, fuse=fuse)
+    mids = {ps.layer.input for ps in passes if ps.expand}
+    assert len(mids) == (9 if fuse else 0)      # every CSC block
     acc.load(compiled)
     for k in range(2):
         image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(seed + k))
         x = golden.quantize_input(program, image)
         result = acc.infer(x.numpy(), keep_all=True)
         expected = golden.run(program, x)
-        assert set(expected) <= set(result.outputs)
+        assert set(result.outputs) == set(expected) - mids
         problem = first_mismatch(program, expected, result.outputs)
         assert problem is None, f"image seed {seed + k} (SHIFTFPGA_SEED={seed}), {bits}: {problem}"
         assert np.array_equal(result.logits, expected[program.output].numpy().reshape(-1))
-        assert len(result.layer_cycles) == len(program.layers)
-        print(f"{bits} image {k}: {result.total_cycles} cycles, {len(expected)} tensors bit-exact")
+        assert len(result.layer_cycles) == len(passes)
+        print(f"{bits} image {k}: {result.total_cycles} cycles, {len(result.outputs)} tensors bit-exact")
 
 
 def test_engine_survives_garbage_on_the_link(board):
