@@ -19,6 +19,7 @@ Usage::
     python bench/network.py                      # E = 1, 3, 6; table + runs/bench_network.json
     python bench/network.py --expansions 6 --json out.json
     python bench/network.py --no-fuse            # every layer its own pass (no fused CSC passes)
+    python bench/network.py --part LFE5U-85F --engine 7x16 --lanes 8 --fmax 45   # a variant of a part's SoC
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
                     help="run each CSC block's expand and reduce as two passes (default: one fused pass)")
     ap.add_argument("--part", help="use the engine configuration of this FPGA part's SoC bitstream "
                                    "(hw.soc.SOC_PARAMS, e.g. LFE5U-85F) instead of the simulated board's")
+    ap.add_argument("--engine", metavar="PxQ", help="with --part: another array shape (as python -m hw.build --engine)")
+    ap.add_argument("--lanes", type=int, help="with --part: other lanes, same activation bytes (as python -m hw.build "
+                                              "--lanes)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -82,6 +86,21 @@ def main(argv=None) -> int:
     if args.part and args.part not in SOC_PARAMS:
         ap.error(f"unknown part {args.part!r} (known: {', '.join(SOC_PARAMS)})")
     p = SOC_PARAMS[args.part] if args.part else SIM_PARAMS
+    if args.engine or args.lanes:
+        from dataclasses import replace
+
+        if not args.part:
+            ap.error("--engine/--lanes change a part's SoC configuration: give --part")
+        changes = {}
+        try:
+            if args.engine:
+                rows, cols = (int(v) for v in args.engine.lower().split("x"))
+                changes.update(rows=rows, cols=cols)
+            if args.lanes:
+                changes.update(lanes=args.lanes, act_words=max(1, p.act_words * p.lanes // args.lanes))
+            p = replace(p, **changes)
+        except ValueError as e:
+            ap.error(f"--engine/--lanes: {e}")
     mhz, clock_note = _fmax(args, p)
     results = []
     with simulated_board(p, progress=lambda s: print(s, flush=True)) as board:
