@@ -35,19 +35,36 @@ from amaranth.utils import ceil_log2
 
 from .fanout import register_copies
 
-__all__ = ["SlicedMemory", "slice_bits_for"]
+__all__ = ["SlicedMemory", "slice_bits_for", "sliced_blocks"]
 
 #: bits of one ECP5 DP16KD block RAM (the 18-bit shapes add parity bits that narrow shapes lack)
 BLOCK_BITS = 16384
 
 
 def slice_bits_for(depth: int, width: int) -> int:
-    """The widest power-of-two slice (at most ``width``) whose whole depth fits one block RAM,
-    or 1 for memories deeper than a block RAM's deepest shape."""
+    """The power-of-two slice width (at most ``width``) that stores the memory in the fewest block RAMs.
+
+    A slice of ``b`` bits needs ``ceil(depth * b / 16384)`` blocks (in the ``16384/b x b`` shape);
+    ties go to the slice with fewer blocks per bit (the smaller read multiplexer), then the wider.
+    For a power-of-two depth this is the widest slice whose whole depth fits one block RAM (or 1
+    bit for deeper memories); a depth like 12288 takes 4-bit slices of 3 blocks each (1-bit slices
+    would leave a quarter of every block empty).
+    """
+    best = None
     bits = 1
-    while bits * 2 <= width and depth * bits * 2 <= BLOCK_BITS:
+    while bits <= max(1, width):
+        deep = -(-depth * bits // BLOCK_BITS)
+        key = (-(-width // bits) * deep, deep, -bits)
+        if best is None or key < best[0]:
+            best = (key, bits)
         bits *= 2
-    return bits
+    return best[1]
+
+
+def sliced_blocks(width: int, depth: int) -> int:
+    """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth``."""
+    bits = slice_bits_for(depth, width)
+    return -(-width // bits) * -(-depth * bits // BLOCK_BITS)
 
 
 class _Port:

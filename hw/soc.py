@@ -138,11 +138,11 @@ ADDRESS_MULTS = 1
 #: the multipliers (``rows * cols + 5 * lanes + 1``) and the block RAMs (:func:`estimate_resources`)
 #: fit the part with some margin; docs/BUILD.md has the arithmetic and what each one can run.
 SOC_PARAMS = {
-    # 149 of 156 MULT18X18D; ShiftResNet-20 E=1..2 at 32x32 with fused CSC passes (E=2: 11264 of the
-    # 16384 activation words; as 22 separate passes it would need 22528)
-    "LFE5U-85F": EngineParams(rows=8, cols=16, lanes=4, act_words=16384, weight_words=4096, max_layers=32,
-                              sched_words=512, table_words=2048, logit_words=16, max_width=32, max_height=32,
-                              max_cin=128, max_gather=128, radius=1, max_cout=128),
+    # 149 of 156 MULT18X18D; ShiftResNet-20 E=1..6 at 32x32, with fused CSC passes (E=6: all 12288
+    # activation words, 11387 weight words, 2474 table entries, 384 mid channels)
+    "LFE5U-85F": EngineParams(rows=8, cols=16, lanes=4, act_words=12288, weight_words=12288, max_layers=32,
+                              sched_words=1024, table_words=3072, logit_words=16, max_width=32, max_height=32,
+                              max_cin=384, max_gather=384, radius=1, max_cout=512),
     # 69 of 72; ShiftResNet-20 E=1..2 at 16x16 (E=1 at 32x32 needs ~112 EBR: 80 for the activations)
     "LFE5U-45F": EngineParams(rows=6, cols=8, lanes=4, act_words=8192, weight_words=8192, max_layers=32,
                               sched_words=512, table_words=2048, logit_words=16, max_width=16, max_height=16,
@@ -203,7 +203,7 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     """
     from .engine_params import DESC_WORDS
     from .output_stage import TableEntry
-    from .tile_feeder import TILE_SLOTS
+    from .tile_feeder import TILE_SLOTS, tile_words
 
     p = params
     unit = p.shift_unit(for_host=True)
@@ -218,12 +218,16 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
         "counters": (32, 2 * p.max_layers, 1),
         "shift_ring": (unit.elem_shape.width, unit.depth, p.lanes),
         "shift_sched": (slot, unit.max_slots, 1),
-        "tile_buffer": (8 * p.lanes, TILE_SLOTS * p.gather_words, p.rows),
+        "tile_buffer": (8 * p.lanes, TILE_SLOTS * tile_words(p), p.rows),
         "link_buffer": (32, max_words, 1),
     }
+    from .sliced_memory import sliced_blocks
+
+    sliced = {"act", "weight"}      # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks
     out = {}
     for name, (w, d, copies) in mems.items():
-        out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": _blocks(w, d) * copies}
+        blocks = sliced_blocks(w, d) if name in sliced else _blocks(w, d)
+        out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": blocks * copies}
     return {
         "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes + ADDRESS_MULTS,
         "DP16KD": sum(v["DP16KD"] for v in out.values()),

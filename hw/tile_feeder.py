@@ -9,7 +9,7 @@ together with ``Q`` weights. The feeder sits between them:
   multiples of ``2**stride_log2``; the others are consumed and dropped) are
   written into a tile buffer: ``P`` banks, one per pixel slot of the tile,
   ``TILE_SLOTS`` tiles deep (a ring). Pixel ``p`` of a tile, beat ``b`` goes to
-  bank ``p``, word ``slot * gather_words + b``. A slot is *full* after ``P``
+  bank ``p``, word ``slot * tile_words + b`` (:func:`tile_words`). A slot is *full* after ``P``
   pixels, or after the last output pixel of the layer (a partial tile).
 * **Read side.** A full slot is replayed once per output-channel group
   ``g = 0 .. groups-1`` (``Q`` channels each): for ``ci = 0 .. c_gather-1`` one
@@ -51,7 +51,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from .engine_params import EngineParams
 
-__all__ = ["TileFeeder", "tag_layout", "TILE_SLOTS"]
+__all__ = ["TileFeeder", "tag_layout", "tile_words", "TILE_SLOTS"]
 
 #: Tiles the buffer holds (a power of two). Two would be double buffering; four absorb the
 #: bursts of a strided layer, where whole input rows pass without a kept pixel.
@@ -69,6 +69,12 @@ def tag_layout(params: EngineParams) -> data.StructLayout:
         "group": unsigned_for(params.max_groups),
         "ctx": 1,
     })
+
+
+def tile_words(params: EngineParams) -> int:
+    """Tile-buffer words per slot: ``gather_words`` rounded up to a power of two, so that a slot's
+    base address is a shift (96, for ``max_gather`` 384 and 4 lanes, would cost multipliers)."""
+    return 1 << ceil_log2(params.gather_words)
 
 
 def unsigned_for(n: int):
@@ -153,7 +159,7 @@ class TileFeeder(wiring.Component):
         m = Module()
         p = self._p
         P, Q, L = p.rows, p.cols, p.lanes
-        GW = p.gather_words
+        GW = tile_words(p)
         lg_l = ceil_log2(L)
         cfg = self.cfg
         S = TILE_SLOTS

@@ -27,8 +27,9 @@ from quant.synthetic import random_program
 from sim.harness import seed_from_env
 from sim.pysim_bus import run_with_bus
 
+# max_gather 48: 12 / 6 tile-buffer words per pixel at 4 / 8 lanes, not a power of two (tile_words rounds)
 TINY = dict(act_words=2048, weight_words=2048, max_layers=8, sched_words=256, table_words=256,
-            logit_words=8, max_width=8, max_height=8, max_cin=32, max_gather=64, radius=2, max_cout=64)
+            logit_words=8, max_width=8, max_height=8, max_cin=32, max_gather=48, radius=2, max_cout=64)
 
 
 def first_mismatch(program, expected: dict, got: dict) -> str | None:

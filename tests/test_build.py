@@ -173,9 +173,9 @@ def test_soc_estimate_matches_synthesis():
     """The block-RAM estimate of the 85F SoC is what Yosys 0.70 synth_ecp5 mapped (docs/BUILD.md)."""
     from hw.soc import SOC_PARAMS, estimate_resources
     est = estimate_resources(SOC_PARAMS["LFE5U-85F"])
-    assert (est["MULT18X18D"], est["DP16KD"]) == (149, 126)
+    assert (est["MULT18X18D"], est["DP16KD"]) == (149, 194)
     mem = est["memories"]
-    assert mem["act"]["DP16KD"] == 64 and mem["weight"]["DP16KD"] == 30 and mem["tile_buffer"]["DP16KD"] == 8
+    assert mem["act"]["DP16KD"] == 48 and mem["weight"]["DP16KD"] == 96 and mem["tile_buffer"]["DP16KD"] == 8
     assert mem["logits"]["DP16KD"] == 0   # LUT RAM
 
 

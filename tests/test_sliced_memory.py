@@ -1,0 +1,56 @@
+"""hw/sliced_memory.py: how a memory is cut into block-RAM slices, and that the slices behave as one memory."""
+
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from hw.sliced_memory import SlicedMemory, slice_bits_for, sliced_blocks
+
+
+@pytest.mark.parametrize("depth, width, bits, blocks", [
+    (4096, 128, 4, 32),      # 85F weights before 2026-11-26: one 4096 x 4 block per slice
+    (16384, 32, 1, 32),      # one 16384 x 1 block per bit
+    (32768, 32, 1, 64),      # deeper than a block: two per bit
+    (12288, 128, 4, 96),     # not a power of two: 3 blocks of 4096 x 4 per slice, not 128 x 16384 x 1
+    (12288, 32, 4, 24),
+    (100, 8, 8, 1),          # shallow: one slice
+])
+def test_slices_use_the_fewest_block_rams(depth, width, bits, blocks):
+    assert slice_bits_for(depth, width) == bits
+    assert sliced_blocks(width, depth) == blocks
+
+
+@pytest.mark.parametrize("input_registers", [False, True])
+def test_a_sliced_memory_reads_back_what_was_written(input_registers):
+    depth, width = 12288, 12             # 4-bit slices, three of them, each 3 blocks deep
+    mem = SlicedMemory(width=width, depth=depth, read_ports=2, name="m", input_registers=input_registers)
+    assert mem.slice_bits == 4
+    latency = 2 if input_registers else 1
+    rng = random.Random(5)
+    model = {}
+
+    async def bench(ctx):
+        addrs = [rng.randrange(depth) for _ in range(60)] + [0, depth - 1, 4095, 4096, 8191, 8192]
+        for a in addrs:
+            v = rng.getrandbits(width)
+            ctx.set(mem.write.addr, a)
+            ctx.set(mem.write.data, v)
+            ctx.set(mem.write.en, 1)
+            await ctx.tick()
+            model[a] = v
+        ctx.set(mem.write.en, 0)
+        await ctx.tick().repeat(2)
+        for a in addrs:
+            b = rng.choice(addrs)
+            for port, addr in zip(mem.reads, (a, b)):
+                ctx.set(port.addr, addr)
+                ctx.set(port.en, 1)
+            await ctx.tick().repeat(latency)
+            assert ctx.get(mem.reads[0].data) == model[a], f"address {a}"
+            assert ctx.get(mem.reads[1].data) == model[b], f"address {b}"
+
+    sim = Simulator(mem)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
