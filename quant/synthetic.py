@@ -45,8 +45,12 @@ def _requant(rng, c_out, c_in, lo, hi, act_max=255, w_max=127):
 
 
 def random_program(seed: int = 0, size: int = 8, channels: int = 8, classes: int = 10,
-                   in_channels: int = 3, weight_bits: int = 8) -> Program:
-    """A small network: im2col 3x3 stem, a CSC-like block with a strided projection, pool and classifier."""
+                   in_channels: int = 3, weight_bits: int = 8, mid_signed: bool = False) -> Program:
+    """A small network: im2col 3x3 stem, a CSC-like block with a strided projection, pool and classifier.
+
+    ``mid_signed``: the block's expanded tensor is int8 with a signed clamp (no ReLU) instead of
+    uint8 after a ReLU.
+    """
     rng = np.random.default_rng(seed)
     w_lo, w_hi = numerics.weight_range(weight_bits)
 
@@ -60,7 +64,7 @@ def random_program(seed: int = 0, size: int = 8, channels: int = 8, classes: int
     t = {
         "input": TensorSpec("input", (size, size, in_channels), 8, True, 1 / 64),
         "stem": TensorSpec("stem", (size, size, c), 8, False, 1 / 16),
-        "mid": TensorSpec("mid", (size, size, mid), 8, False, 1 / 16),
+        "mid": TensorSpec("mid", (size, size, mid), 8, mid_signed, 1 / 16),
         "short": TensorSpec("short", (half, half, c), 8, True, 1 / 16),
         "block": TensorSpec("block", (half, half, c), 8, True, 1 / 16),
         "pooled": TensorSpec("pooled", (1, 1, c), 8, True, 1 / 16),
@@ -72,7 +76,7 @@ def random_program(seed: int = 0, size: int = 8, channels: int = 8, classes: int
         Layer("stem", "input", "stem", weight(c, len(stem_gather)), bias(c), weight_bits, 1, stem_gather,
               _requant(rng, c, len(stem_gather), 0, 255, act_max=127)),
         Layer("expand", "stem", "mid", weight(mid, c), bias(mid), weight_bits, 1, None,
-              _requant(rng, mid, c, 0, 255)),
+              _requant(rng, mid, c, -128 if mid_signed else 0, 127 if mid_signed else 255)),
         Layer("shortcut", "stem", "short", weight(c, c), bias(c), weight_bits, 2, None,
               _requant(rng, c, c, -128, 127)),
         Layer("project", "mid", "block", weight(c, mid), bias(c), weight_bits, 2, mid_gather,

@@ -72,7 +72,8 @@ def test_engine_random_programs(shape, passes):
         rng = np.random.default_rng(s)
         size = int(rng.integers(3, 8))
         program = random_program(seed=s, size=size, channels=int(rng.choice([4, 8, 12])),
-                                 classes=int(rng.integers(2, 12)), in_channels=int(rng.integers(1, 4)))
+                                 classes=int(rng.integers(2, 12)), in_channels=int(rng.integers(1, 4)),
+                                 mid_signed=bool(rng.integers(2)))
         image = torch.rand(program.tensors[program.input].shape[2], size, size,
                            generator=torch.Generator().manual_seed(s))
         result = run_program(params, program, image, **compile_args)
