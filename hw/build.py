@@ -162,6 +162,16 @@ def soc_params(board, *, engine=None, lanes=None, reduced=False):
         raise UsageError(f"--engine/--lanes: {e}") from None
 
 
+def default_seed(board, core_name: str, *, reduced=False, engine=None, lanes=None) -> int:
+    """The nextpnr seed without ``--seed``: :data:`hw.soc.SOC_SEED` for a part's default SoC
+    configuration (the seed it was measured to route with), else 1."""
+    from .soc import SOC_SEED
+
+    if core_name == "soc" and not reduced and engine is None and lanes is None:
+        return SOC_SEED.get(board.device, 1)
+    return 1
+
+
 def _parse_seeds(args) -> list:
     if args.seeds:
         try:
@@ -255,6 +265,8 @@ def build(args) -> int:
         clock_mhz = SOC_CLOCK_MHZ.get(board.device, board.clock_mhz)
     else:
         clock_mhz = board.clock_mhz
+    if args.seed is None and not args.seeds:
+        args.seed = default_seed(board, core_name, reduced=args.reduced, engine=override, lanes=args.lanes)
     seeds = _parse_seeds(args)
     if core_name == "probe" and engine[0] * engine[1] > board.multipliers:
         raise UsageError(f"engine {engine[0]}x{engine[1]} needs {engine[0] * engine[1]} MULT18X18D; "
@@ -470,7 +482,8 @@ def _parser():
                    "frequency it can (default: soc 45 MHz on the 85F, 36 -> 35.71 MHz on smaller parts, "
                    "hw.soc.SOC_CLOCK_MHZ; probe and counter: the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    g.add_argument("--seed", type=int, help="nextpnr placement seed (default 1; for a part's default SoC "
+                   "the seed it was measured to route with, hw.soc.SOC_SEED: 2 on the 85F)")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")
     p.add_argument("--placer", choices=("heap", "static"), default="heap",
                    help="nextpnr placer (default heap, nextpnr's default: analytic placement, then "
