@@ -494,8 +494,10 @@ def _run(args, connect, compile_program) -> int:
         acc.load(compiled, progress=sys.stderr.isatty())
         upload_s = time.monotonic() - t0
         out(rep.format_header([("engine", _params_text(params)),
-                               ("program", f"{len(compiled.layer_names)} engine layers, "
-                                           f"{compiled.upload_words:,} words uploaded in {upload_s:.2f} s")]))
+                               ("program", f"{len(compiled.layer_names)} engine passes "
+                                           f"({len(program.layers)} layers; a CSC block's two 1x1 layers "
+                                           f"share a pass), {compiled.upload_words:,} words uploaded "
+                                           f"in {upload_s:.2f} s")]))
         for i, image in enumerate(images):
             r = run_image(acc, compiled, program, image, check=args.check, top=args.top_k, clock=clock)
             same_cycles = bool(reports) and [x["cycles"] for x in reports[-1].layers] == [
