@@ -177,7 +177,7 @@ def _fusable(program: Program, params: EngineParams, expand: Layer, reduce: Laye
                if mid in (layer.input, layer.residual.tensor if layer.residual else None)]
     c_mid = expand.weight.shape[0]
     table_off = math.ceil(reduce.weight.shape[0] / params.lanes) * params.lanes
-    return (reduce.input == mid and readers == [reduce] and mid != program.output
+    return (reduce.input == mid and len(readers) == 1 and readers[0] is reduce and mid != program.output
             and expand.gather is None and expand.stride == 1 and expand.requant is not None
             and expand.residual is None and expand.pool is None
             and reduce.gather is not None and reduce.requant is not None
