@@ -100,6 +100,32 @@ class Engine(wiring.Component):
         self.desc_layout = descriptor_layout(params, self.shift.cfg_layout)
         super().__init__({"bus": In(BusSignature()), "busy": Out(1), "done": Out(1)})
 
+    def _credited_fifo(self, m, name, data, sink):
+        """A FIFO in front of ``sink`` (a stream) for words read from the activation memory.
+
+        Returns ``(issue, credits)``: the caller drives ``issue`` (a read is requested now; the
+        word arrives ``ACT_READ_LATENCY`` cycles later on ``data`` and enters the FIFO) and may
+        do so only while ``credits`` (places in the FIFO not yet taken by a word or a read in
+        flight) is not 0. So the read port's enable and address depend on registers only.
+        """
+        depth = self.READ_FIFO_DEPTH
+        credits = Signal(range(depth + 1), init=depth, name=f"{name}_credits")
+        issue = Signal(name=f"{name}_issue")
+        issued = [Signal(name=f"{name}_issued{k}") for k in range(self.ACT_READ_LATENCY)]
+        fifo = m.submodules[f"{name}_fifo"] = SyncFIFOBuffered(width=len(data), depth=depth)
+        pop = Signal(name=f"{name}_pop")
+        m.d.comb += [
+            fifo.w_data.eq(data),
+            fifo.w_en.eq(issued[-1]),          # the word requested ACT_READ_LATENCY cycles ago
+            sink.valid.eq(fifo.r_rdy),
+            sink.payload.as_value().eq(fifo.r_data),
+            fifo.r_en.eq(sink.ready),
+            pop.eq(fifo.r_rdy & sink.ready),
+        ]
+        m.d.sync += [issued[0].eq(issue), credits.eq(credits - issue + pop)]
+        m.d.sync += [issued[k].eq(issued[k - 1]) for k in range(1, len(issued))]
+        return issue, credits
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -111,11 +137,12 @@ class Engine(wiring.Component):
         m.submodules.feeder = feeder = self.feeder
 
         # ------------------------------------------------------------ memories
-        # the two big memories as bit slices: no word multiplexer behind their block RAMs; the
-        # activation memory also registers its port inputs (replicated per slice group), so its
-        # read data arrive two cycles after the request (ACT_READ_LATENCY)
+        # the two big memories as bit slices: no word multiplexer behind their block RAMs; both
+        # register their port inputs (replicated per slice group), so read data arrive two cycles
+        # after the request (ACT_READ_LATENCY; the feeder's WEIGHT_READ_LATENCY)
         act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True)
-        weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight")
+        weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight",
+                              input_registers=True)
         desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
         sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
         table = Memory(shape=TableEntry.size, depth=p.table_words, init=[])
@@ -159,12 +186,7 @@ class Engine(wiring.Component):
         rd_x = Signal.like(desc.shift.width)
         rd_y = Signal.like(desc.shift.height)
         rd_active = Signal()
-        rd_credits = Signal(range(self.READ_FIFO_DEPTH + 1), init=self.READ_FIFO_DEPTH)
-        rd_issue = Signal()
-        rd_issued = [Signal(name=f"rd_issued{k}") for k in range(self.ACT_READ_LATENCY)]
-        # rd_issued[-1]: the word requested ACT_READ_LATENCY cycles ago is on act_rd.data
-        m.submodules.read_fifo = read_fifo = SyncFIFOBuffered(width=8 * L, depth=self.READ_FIFO_DEPTH)
-        rd_pop = Signal()
+        rd_issue, rd_credits = self._credited_fifo(m, "rd", act_rd.data, shift.i)
         # Fused CSC passes: a second reader streams the block input (the expand half's) straight
         # into the feeder. The two readers share the read port, taking turns when both can issue.
         # The main reader reads the mid ring, a pixel only once the expand half has written it
@@ -175,28 +197,16 @@ class Engine(wiring.Component):
         a_addr_rd = Signal.like(act_rd.addr)
         a_left = Signal.like(desc.a_in_words)
         a_active = Signal()
-        a_credits = Signal(range(self.READ_FIFO_DEPTH + 1), init=self.READ_FIFO_DEPTH)
-        a_issue = Signal()
-        a_issued = [Signal(name=f"a_issued{k}") for k in range(self.ACT_READ_LATENCY)]
-        m.submodules.a_fifo = a_fifo = SyncFIFOBuffered(width=8 * L, depth=self.READ_FIFO_DEPTH)
-        a_pop = Signal()
+        a_issue, a_credits = self._credited_fifo(m, "a", act_rd.data, feeder.ia)
         b_want, a_want, rd_turn = Signal(), Signal(), Signal()
         m.d.comb += [
             b_want.eq(rd_active & (rd_credits != 0) & (~desc.fused | (rd_pix < mid_ready_q))),
             a_want.eq(a_active & (a_credits != 0)),
             a_issue.eq(a_want & (~b_want | rd_turn)),
             rd_issue.eq(b_want & ~a_issue),
-            a_fifo.w_data.eq(act_rd.data),
-            a_fifo.w_en.eq(a_issued[-1]),
-            feeder.ia.valid.eq(a_fifo.r_rdy),
-            feeder.ia.payload.as_value().eq(a_fifo.r_data),
-            a_fifo.r_en.eq(feeder.ia.ready),
-            a_pop.eq(a_fifo.r_rdy & feeder.ia.ready),
         ]
         with m.If(a_want & b_want):
             m.d.sync += rd_turn.eq(~rd_turn)
-        m.d.sync += [a_issued[0].eq(a_issue), a_credits.eq(a_credits - a_issue + a_pop)]
-        m.d.sync += [a_issued[k].eq(a_issued[k - 1]) for k in range(1, len(a_issued))]
         with m.If(start):
             m.d.sync += [a_addr_rd.eq(desc.a_in_base), a_left.eq(desc.a_in_words),
                          a_active.eq(desc.fused & (desc.a_in_words != 0))]
@@ -204,16 +214,7 @@ class Engine(wiring.Component):
             m.d.sync += [a_addr_rd.eq(a_addr_rd + 1), a_left.eq(a_left - 1)]
             with m.If(a_left == 1):
                 m.d.sync += a_active.eq(0)
-        m.d.comb += [
-            read_fifo.w_data.eq(act_rd.data),
-            read_fifo.w_en.eq(rd_issued[-1]),
-            shift.i.valid.eq(read_fifo.r_rdy),
-            shift.i.payload.as_value().eq(read_fifo.r_data),
-            read_fifo.r_en.eq(shift.i.ready),
-            rd_pop.eq(read_fifo.r_rdy & shift.i.ready),
-        ]
-        m.d.sync += [rd_issued[0].eq(rd_issue), rd_credits.eq(rd_credits - rd_issue + rd_pop)]
-        m.d.sync += [rd_issued[k].eq(rd_issued[k - 1]) for k in range(1, len(rd_issued))]
+
         def rd_step(nxt):
             # the next read address, wrapped at the end of the mid ring (ring_end = act_words,
             # never reached, for an ordinary pass)

@@ -20,10 +20,14 @@ together with ``Q`` weights. The feeder sits between them:
   ``ci = c_gather - 1`` is the tile's ``last``; its ``tag`` carries the tile's
   first output pixel and ``g`` for the output side.
 
-Both memories are read with a one-cycle latency into the array's input; the
-read enable is the pipeline's advance, so back-pressure from the array (it
-refuses a ``last`` beat while its shadow bank is busy) just freezes the read
-ports.
+The read side is a pipeline that never stalls: a beat is issued only against
+a credit for a place in a small FIFO in front of the array (``OUT_FIFO_DEPTH``),
+and both memories answer two cycles after the issue (the weight memory
+registers its inputs, replicated next to its block RAMs; the tile-buffer
+address is registered), when the beat enters the FIFO. So no memory address or
+enable depends on the array's ``ready``, and back-pressure from the array (it
+refuses a ``last`` beat while its shadow bank is busy) only stops the issue once
+the FIFO's credits are used up.
 
 **Fused CSC passes** (``cfg.fused``, docs/ENGINE.md) add a second input,
 ``ia``: the block input for the expand half, written into slots 2-3 while the
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 from amaranth import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
@@ -109,12 +114,19 @@ class TileFeeder(wiring.Component):
     start : In(1)
         Pulse before a layer: resets both sides.
     w_addr, w_en : Out
-        Weight memory read port (address, enable); ``w_data`` is its data one
-        cycle after an enabled read.
+        Weight memory read port (address, enable); ``w_data`` must be its data
+        two cycles after an enabled read (``WEIGHT_READ_LATENCY``: a memory
+        with registered inputs).
     w_data : In(Q * 8)
     beats : Out(32)
         Array beats accepted since ``start`` (for the layer counters).
     """
+
+    #: cycles from ``w_en`` to the weight word on ``w_data``
+    WEIGHT_READ_LATENCY = 2
+    #: beats of the FIFO in front of the array: issue to FIFO output takes 3 cycles and a
+    #: credit comes back the cycle after the pop, so 4 keep one beat per cycle
+    OUT_FIFO_DEPTH = 4
 
     def __init__(self, params: EngineParams, array_input_layout):
         self._p = params
@@ -279,7 +291,7 @@ class TileFeeder(wiring.Component):
         g = Signal.like(cfg.groups)
         ci = Signal.like(cfg.c_gather)
         waddr = Signal.like(self.w_addr)
-        v1 = Signal()                    # an array beat is presented on o
+        v1 = Signal()                    # a beat was issued in the previous cycle
         lane1 = Signal(max(1, lg_l))
         last1 = Signal()
         npix1 = Signal(range(P + 1))
@@ -308,24 +320,32 @@ class TileFeeder(wiring.Component):
             c_out.eq(Mux(rc, cfg.a_c_out, cfg.c_out)),
         ]
 
-        advance = Signal()
-        m.d.comb += advance.eq(~v1 | self.o.ready)
+        # The read pipeline never stalls: a beat is issued only against a credit for a place in
+        # the output FIFO, so no enable or address depends on the array's ready. Issue (cycle t):
+        # the weight address goes to the weight memory, whose replicated input registers take it
+        # at the end of t, and the bank address into a register; both memories deliver in t + 2,
+        # when the beat (the tile's bytes, its weights and what travelled beside them) is written
+        # into the FIFO in front of the array.
+        credits = Signal(range(self.OUT_FIFO_DEPTH + 1), init=self.OUT_FIFO_DEPTH)
+        pop = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(advance & full.bit_select(rs, 1))
+        m.d.comb += issue.eq((credits != 0) & full.bit_select(rs, 1))
+        m.d.sync += credits.eq(credits - issue + pop)
         word = ci >> lg_l
+        bank_addr = Signal(range(S * GW))
+        m.d.sync += bank_addr.eq(rs * GW + word)
         for _, rd in banks:
-            m.d.comb += [rd.addr.eq(rs * GW + word), rd.en.eq(advance)]
+            m.d.comb += [rd.addr.eq(bank_addr), rd.en.eq(1)]
         # the weight address is a counter through the tile's groups that starts at its context's base
         w_addr = Signal.like(self.w_addr)
         m.d.comb += w_addr.eq(Mux(in_tile, waddr, Mux(rc, cfg.a_w_base, cfg.w_base)))
-        m.d.comb += [self.w_addr.eq(w_addr), self.w_en.eq(advance)]
+        m.d.comb += [self.w_addr.eq(w_addr), self.w_en.eq(issue)]
 
         tile_last = Signal()
         m.d.comb += tile_last.eq(ci + 1 == c_gather)
         chans_left = Signal(range(p.max_cout + 1))
         m.d.comb += chans_left.eq(c_out - g * Q)
-        with m.If(advance):
-            m.d.sync += v1.eq(issue)
+        m.d.sync += v1.eq(issue)
         with m.If(issue):
             m.d.sync += [
                 lane1.eq(ci[:lg_l] if lg_l else 0),
@@ -351,26 +371,53 @@ class TileFeeder(wiring.Component):
                 with m.Else():
                     m.d.sync += g.eq(g + 1)
 
+        # cycle t + 1: the memories read; what goes beside the data moves one register on
+        v2 = Signal()
+        side1 = Cat(lane1, last1, npix1, nchan1, signed1, tag1.as_value())
+        side2 = Signal.like(side1)
+        m.d.sync += [v2.eq(v1), side2.eq(side1)]
+        lane2, last2, npix2, nchan2, signed2, tag2 = (
+            side2[lo:lo + len(f)] for lo, f in _offsets(lane1, last1, npix1, nchan1, signed1, tag1.as_value()))
+
+        # cycle t + 2: the beat into the output FIFO
         op = self.o.payload
+        acts = Cat(rd.data.word_select(lane2, 8) if L > 1 else rd.data for _, rd in banks)
+        beat = Cat(acts, self.w_data, last2, npix2, nchan2, signed2, tag2)
+        m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=len(beat), depth=self.OUT_FIFO_DEPTH)
+        f_acts, f_w, f_last, f_npix, f_nchan, f_signed, f_tag = (
+            out_fifo.r_data[lo:lo + len(f)]
+            for lo, f in _offsets(acts, self.w_data, last2, npix2, nchan2, signed2, tag2))
         m.d.comb += [
-            self.o.valid.eq(v1),
-            op.act_signed.eq(signed1),
-            op.weight.as_value().eq(self.w_data),
-            op.last.eq(last1),
-            op.n_pix.eq(npix1),
-            op.n_chan.eq(nchan1),
-            op.tag.eq(tag1.as_value()),
+            out_fifo.w_data.eq(beat),
+            out_fifo.w_en.eq(v2),
+            self.o.valid.eq(out_fifo.r_rdy),
+            out_fifo.r_en.eq(self.o.ready),
+            pop.eq(out_fifo.r_rdy & self.o.ready),
+            op.act.as_value().eq(f_acts),
+            op.weight.as_value().eq(f_w),
+            op.last.eq(f_last),
+            op.n_pix.eq(f_npix),
+            op.n_chan.eq(f_nchan),
+            op.act_signed.eq(f_signed),
+            op.tag.eq(f_tag),
         ]
-        for k, (_, rd) in enumerate(banks):
-            m.d.comb += op.act[k].eq(rd.data.word_select(lane1, 8) if L > 1 else rd.data)
 
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.beats.eq(self.beats + 1)
 
-        # a new layer: both sides from the top (the tile buffer contents do not matter)
+        # a new layer: both sides from the top (the tile buffer contents do not matter; the read
+        # pipeline and the output FIFO are empty, since the last layer's beats were all consumed)
         with m.If(self.start):
             m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
                          a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
-                         b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0), v1.eq(0),
+                         b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0),
                          self.beats.eq(0)]
         return m
+
+
+def _offsets(*fields):
+    """(bit offset, field) of each field of ``Cat(*fields)``."""
+    lo = 0
+    for f in fields:
+        yield lo, f
+        lo += len(f)
