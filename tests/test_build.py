@@ -157,6 +157,25 @@ def test_soc_params_fit_each_part():
     assert (big.rows, big.cols, big.lanes) == (8, 16, 4)
 
 
+# what docs/BUILD.md says each part's SoC runs: (device, expansion, image size)
+SOC_RUNS = [("LFE5U-85F", 1, 32), ("LFE5U-85F", 2, 32), ("LFE5U-85F", 3, 32), ("LFE5U-85F", 6, 32),
+            ("LFE5U-45F", 1, 32), ("LFE5U-25F", 1, 16)]
+
+
+@pytest.mark.parametrize("device,expansion,size", SOC_RUNS)
+def test_soc_params_run_shiftresnet20(device, expansion, size):
+    """Each part's SoC configuration holds the ShiftResNet-20 programs it is documented to run (w8a8)."""
+    from host.compile import compile_program
+    from hw.soc import SOC_PARAMS
+    from quant.export import to_program, untrained_net
+
+    args = {"expansion": expansion}
+    net, shape = untrained_net("shiftresnet20", "w8a8", 0, args, input_shape=(3, size, size))
+    program = to_program(net, model="shiftresnet20", model_args=args, input_shape=shape)
+    compiled = compile_program(program, SOC_PARAMS[device])
+    assert compiled.act_words_used <= SOC_PARAMS[device].act_words
+
+
 def test_soc_default_clock_makes_the_baud_rate():
     """Each part's default SoC clock is reachable from the ULX3S oscillator and makes 3 Mbaud within 2 %."""
     from hw.soc import SOC_CLOCK_MHZ, SOC_PARAMS
@@ -358,7 +377,7 @@ def test_cli_bad_clock():
 def test_tiny_build_report(tmp_path):
     """A real counter build on the ULX3S-12F: report.json and nextpnr's report parse, the .bit exists."""
     out = tmp_path / "b"
-    r = run_build("--board", "ulx3s-12f", "--core", "counter", "--out", str(out))
+    r = run_build("--board", "ulx3s-12f", "--core", "counter", "--threads", "2", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "timing met" in r.stdout
     assert (out / "top.bit").stat().st_size > 10_000
@@ -373,6 +392,7 @@ def test_tiny_build_report(tmp_path):
     assert summary["domains"]["sync"]["fmax_mhz"] == pytest.approx(clk.achieved, abs=1e-3)
     assert summary["resources"]["LUT4"]["used"] == rep.resource("TRELLIS_COMB").used
     assert summary["clock"]["pll"]["CLKFB_DIV"] == 6
+    assert summary["threads"] == 2
 
 
 @needs_tools
