@@ -124,9 +124,10 @@ class TileFeeder(wiring.Component):
 
     #: cycles from ``w_en`` to the weight word on ``w_data``
     WEIGHT_READ_LATENCY = 2
-    #: beats of the FIFO in front of the array: issue to FIFO output takes 3 cycles and a
-    #: credit comes back the cycle after the pop, so 4 keep one beat per cycle
-    OUT_FIFO_DEPTH = 4
+    #: beats of the FIFO in front of the array. A credit goes round in 5 cycles (issue in t, the
+    #: beat enters the FIFO in t + 2, reaches its output register in t + 4 and is popped; the
+    #: credit counts again in t + 5), so 5 keep one beat per cycle (4 cost a fifth of the throughput)
+    OUT_FIFO_DEPTH = 5
 
     def __init__(self, params: EngineParams, array_input_layout):
         self._p = params
