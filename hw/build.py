@@ -494,7 +494,7 @@ def _parser():
                    "hw.soc.SOC_CLOCK_MHZ; probe and counter: the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, help="nextpnr placement seed (default 1; for a part's default SoC "
-                   "the seed it was measured to route with, hw.soc.SOC_SEED: 2 on the 85F)")
+                   "the seed it was measured to route with, hw.soc.SOC_SEED: 3 on the 85F)")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")
     p.add_argument("--placer", choices=("heap", "static"), default="heap",
                    help="nextpnr placer (default heap, nextpnr's default: analytic placement, then "

@@ -157,17 +157,17 @@ SOC_PARAMS = {
 SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
 
 #: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides). The 85F SoC
-#: built at this target met timing with Fmax 46.94 MHz (docs/BUILD.md, t15: nets that span the die
+#: built at this target met timing with Fmax 52.24 MHz (docs/BUILD.md, t19: nets that span the die
 #: limit it); 45 MHz comes exactly from the 25 MHz oscillator (x9/5) and makes 3 Mbaud
-#: in exactly 15 cycles per bit. The smaller parts were not measured; they keep 36 MHz (35.71 MHz,
-#: x10/7, 12 cycles per bit, -0.8 %).
+#: in exactly 15 cycles per bit (50 MHz would make it 2 % slow). The smaller parts were not measured;
+#: they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
 SOC_CLOCK_MHZ = {"LFE5U-85F": 45.0, "LFE5U-45F": 36.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
-#: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1). The 85F SoC with the
-#: E=6 memories (194 of 208 block RAMs) routed with seed 2 at 46.94 MHz; with seed 1 router2 did not
-#: converge and seed 3 placed at 42 MHz (docs/BUILD.md, t14-t16). nextpnr is deterministic for a
-#: given design, seed and thread count, so the default build reproduces the measured one.
-SOC_SEED = {"LFE5U-85F": 2}
+#: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1). The 85F SoC (weight
+#: memory with replicated input registers, 194 of 208 block RAMs) routed with seed 3 at 52.24 MHz;
+#: with seed 2 router2 did not converge (docs/BUILD.md, t19). nextpnr is deterministic for a given
+#: design, seed and thread count, so the default build reproduces the measured one.
+SOC_SEED = {"LFE5U-85F": 3}
 
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
 REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=2, lanes=2, act_words=512, weight_words=512, max_layers=4,
