@@ -502,8 +502,8 @@ def _parser():
     p.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2: much faster than router1 on the congested SoC)")
     p.add_argument("--threads", type=_positive_int, default=1,
-                   help="nextpnr threads (default 1; a placement depends on seed and thread count, "
-                   "so hw.soc.SOC_SEED holds for 1 thread only)")
+                   help="nextpnr threads (default 1; for the 85F SoC, 2 threads gave the same bitstream "
+                   "and no speed-up: docs/BUILD.md, t21)")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/<board>)")
     p.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader afterwards")
     p.add_argument("-v", "--verbose", action="store_true", help="log the tool command lines")
