@@ -200,15 +200,26 @@ def shift(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"shift expects an [N, C, H, W] tensor, got {shape}")
     n, c, h, w = x.shape
     offsets = check_offsets(offsets, channels=c).to(x.device)
-    p = int(offsets.abs().max())
+    return _gather(x, _shift_indices(offsets, h, w))
+
+
+def _shift_indices(offsets: torch.Tensor, h: int, w: int) -> tuple:
+    """(pad, channel, row, column) index tensors of the shift on ``offsets``' device."""
+    c, dev = offsets.shape[0], offsets.device
+    p = int(offsets.abs().max())  # reads the table back: a device sync on a GPU
+    dy = offsets[:, 0].view(c, 1, 1)
+    dx = offsets[:, 1].view(c, 1, 1)
+    ch = torch.arange(c, device=dev).view(c, 1, 1)
+    rows = torch.arange(h, device=dev).view(1, h, 1) + dy + p   # [C,H,1]
+    cols = torch.arange(w, device=dev).view(1, 1, w) + dx + p   # [C,1,W]
+    return p, ch, rows, cols
+
+
+def _gather(x: torch.Tensor, idx: tuple) -> torch.Tensor:
+    p, ch, rows, cols = idx
     if p == 0:
         return x.clone()
     xp = F.pad(x, (p, p, p, p))
-    dy = offsets[:, 0].view(c, 1, 1)
-    dx = offsets[:, 1].view(c, 1, 1)
-    ch = torch.arange(c, device=x.device).view(c, 1, 1)
-    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy + p   # [C,H,1]
-    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx + p   # [C,1,W]
     # Indices broadcast to [C, H, W]; the batch dim is kept by the slice.
     return xp[:, ch, rows, cols]
 
@@ -229,6 +240,7 @@ class Shift(nn.Module):
     def __init__(self, offsets):
         super().__init__()
         self.register_buffer("offsets", check_offsets(offsets).clone())
+        self._indices = (None, None, None)  # (table, key, index tensors): see forward
 
     @classmethod
     def interleaved(cls, channels: int, kernel_size: int = 3,
@@ -264,7 +276,18 @@ class Shift(nn.Module):
         return int(self.offsets.abs().max())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return shift(x, self.offsets)
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            return shift(x, self.offsets)  # raises the error
+        # The index tensors are kept while the table, its device and the image size stay
+        # (the version counter moves when load_state_dict copies into the buffer): on a
+        # GPU, rebuilding them every call would stop the host for a device sync each time.
+        t = self.offsets
+        key = (t._version, t.device, x.shape[2], x.shape[3])
+        table, cached_key, idx = self._indices
+        if table is not t or cached_key != key:  # `is`: the cache holds the table itself
+            idx = _shift_indices(t, x.shape[2], x.shape[3])
+            self._indices = (t, key, idx)
+        return _gather(x, idx)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, max_offset={self.max_offset}"

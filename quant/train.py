@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefetch depth of a background batch thread (0: prepare batches inline)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=164)
+    g.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
+                   help="train for this many seconds of training time (evaluation not counted) "
+                        "instead of --epochs, which stays the upper limit: the schedule runs "
+                        "on the fraction of the budget spent (0: off)")
     g.add_argument("--batch-size", type=int, default=128, help="global batch (split over processes)")
     g.add_argument("--eval-batch-size", type=int, default=500, help="per-process evaluation batch")
     g.add_argument("--lr", type=float, default=0.1)
@@ -151,6 +155,8 @@ def _check_args(a: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0")
     if a.lr <= 0:
         raise UsageError("--lr must be > 0")
+    if a.time_budget < 0:
+        raise UsageError("--time-budget must be >= 0")
     if not 0 <= a.label_smoothing < 1:
         raise UsageError("--label-smoothing must be in [0, 1)")
     if not 0 <= a.kd_alpha <= 1 or a.kd_temp <= 0:
@@ -353,7 +359,12 @@ def _set_rng_state(s: dict) -> None:
 # --------------------------------------------------------------------------- schedule
 
 class LRSchedule:
-    """Learning rate per optimiser step: linear warm-up, then step or cosine."""
+    """Learning rate per optimiser step: linear warm-up, then step or cosine.
+
+    With ``--time-budget`` the run's length is a training time, not a number of steps:
+    :meth:`set_progress` gives the fraction of the budget spent, and cosine and step
+    (milestones as fractions of ``--epochs``) follow it. Warm-up stays counted in steps.
+    """
 
     def __init__(self, a, steps_per_epoch: int):
         self.base = a.lr
@@ -366,17 +377,23 @@ class LRSchedule:
             self.milestones = sorted(a.milestones)
         else:  # the authors' 81 and 122 of 164 epochs
             self.milestones = [max(1, round(a.epochs * 81 / 164)), max(1, round(a.epochs * 122 / 164))]
+        self.epochs = max(1, a.epochs)
         self.step_count = 0
+        self.progress: float | None = None  # fraction of the time budget spent, when there is one
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = min(1.0, max(0.0, fraction))
 
     def lr(self, step: int | None = None) -> float:
         s = self.step_count if step is None else step
         if s < self.warm:
             return self.base * (s + 1) / self.warm
+        timed = self.progress is not None
         if self.kind == "cosine":
-            t = min(1.0, (s - self.warm) / max(1, self.total - self.warm))
+            t = self.progress if timed else min(1.0, (s - self.warm) / max(1, self.total - self.warm))
             return self.min_lr + (self.base - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
         if self.kind == "step":
-            epoch = s // self.spe
+            epoch = self.progress * self.epochs if timed else s // self.spe
             return self.base * self.gamma ** sum(epoch >= m for m in self.milestones)
         return self.base
 
@@ -580,6 +597,9 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
     train_idx, val_idx = split_train_val(splits.train_y, a.val_size, a.val_seed)
     log(f"split: {len(train_idx)} train / {len(val_idx)} validation (seed {a.val_seed}) / "
         f"{len(splits.test_x)} test")
+    if a.time_budget and ctx.world_size > 1:
+        raise UsageError("--time-budget needs a single process (each rank's clock would end "
+                         "the run at a different step)")
     if a.batch_size % ctx.world_size:
         raise UsageError(f"--batch-size {a.batch_size} is not divisible by {ctx.world_size} processes")
     local_bs = a.batch_size // ctx.world_size
@@ -667,6 +687,7 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
             "normalization": norm.state(), "augment": None if augment is None
             else {"crop": info.size, "pad": augment[0], "flip": augment[1]},
             "epochs": a.epochs, "epochs_done": len(history), "steps_per_epoch": steps_per_epoch,
+            "steps_done": sched.step_count, "time_budget_s": a.time_budget or None,
             "train_time_s": round(train_time, 2),
             "images_per_s": history[-1]["images_per_s"] if history else None,
             "history": history, "val_acc": [h["val_acc"] for h in history],
@@ -691,7 +712,10 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
 
     # ---- epochs
     show_bar = is_main and not a.no_progress and sys.stderr.isatty()
+    budget = a.time_budget
     for epoch in range(start_epoch, a.epochs):
+        if budget and train_time >= budget:
+            break
         net.train()
         train_loader.set_epoch(epoch)
         tot = torch.zeros(3, dtype=torch.float64, device=device)
@@ -699,8 +723,15 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{a.epochs}", disable=not show_bar,
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         lr = sched.lr()
+        steps = 0
         for i, (x, y) in enumerate(bar):
+            if budget:  # the schedule follows the training time spent (host clock)
+                spent = train_time + time.perf_counter() - t0
+                if spent >= budget:
+                    break
+                sched.set_progress(spent / budget)
             lr = sched.apply(opt)
+            steps += 1
             with autocast():
                 logits = net(x)
                 loss = crit(logits.float(), y)
@@ -729,6 +760,8 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
                       f"{tot[0].item() / max(1, tot[2].item()):.4f} lr {lr:.4g} "
                       f"{tot[2].item() * ctx.world_size / el:.0f} img/s", flush=True)
         bar.close()
+        if steps == 0:  # the budget ran out at the epoch's start
+            break
         ctx.all_reduce(tot)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -739,7 +772,8 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
         if not math.isfinite(tr_loss):
             raise UsageError(f"training diverged in epoch {epoch + 1} (loss {tr_loss}); lower --lr")
         ctx.sync_buffers(model)
-        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": round(tr_loss, 5),
+        rec = {"epoch": epoch + 1 if steps == steps_per_epoch else round(epoch + steps / steps_per_epoch, 3),
+               "lr": lr, "train_loss": round(tr_loss, 5),
                "train_acc": round(tr_acc, 3), "time_s": round(dt, 2),
                "images_per_s": round(tot[2].item() / dt, 1), "val_loss": None, "val_acc": None}
         if val_loader is not None:

@@ -165,6 +165,22 @@ def test_shift_module_buffer_and_no_params():
     assert torch.equal(Shift.interleaved(18).offsets, interleaved_offsets(18))
 
 
+def test_shift_module_follows_a_changed_table_and_size():
+    """The module keeps its index tensors between calls; they must follow the table
+    (load_state_dict, a new buffer) and the image size, never serve a stale shift."""
+    rng = np.random.default_rng(7)
+    m = Shift.interleaved(9, 3, 1)
+    for h, w in [(5, 6), (5, 6), (4, 7)]:
+        x = torch.randn(2, 9, h, w, dtype=torch.float64)
+        assert np.array_equal(m(x).numpy(), reference_shift(x.numpy(), m.offsets.numpy()))
+    table = torch.as_tensor(rng.integers(-2, 3, size=(9, 2)))
+    m.load_state_dict({"offsets": table})  # copies into the same buffer
+    x = torch.randn(1, 9, 6, 6, dtype=torch.float64)
+    assert np.array_equal(m(x).numpy(), reference_shift(x.numpy(), table.numpy()))
+    m.offsets = torch.zeros(9, 2, dtype=torch.int64)  # a new buffer
+    assert torch.equal(m(x), x)
+
+
 def test_shift_preserves_dtype_and_shape():
     x = torch.randn(2, 9, 4, 4, dtype=torch.float64)
     y = Shift.interleaved(9)(x)
