@@ -597,9 +597,6 @@ def run(a: argparse.Namespace, argv: list[str], ctx: qdist.Context) -> dict | No
     train_idx, val_idx = split_train_val(splits.train_y, a.val_size, a.val_seed)
     log(f"split: {len(train_idx)} train / {len(val_idx)} validation (seed {a.val_seed}) / "
         f"{len(splits.test_x)} test")
-    if a.time_budget and ctx.world_size > 1:
-        raise UsageError("--time-budget needs a single process (each rank's clock would end "
-                         "the run at a different step)")
     if a.batch_size % ctx.world_size:
         raise UsageError(f"--batch-size {a.batch_size} is not divisible by {ctx.world_size} processes")
     local_bs = a.batch_size // ctx.world_size
@@ -830,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     try:
         _check_args(a)
+        if a.time_budget and ctx.world_size > 1:  # before the process group would wait for peers
+            raise UsageError("--time-budget needs a single process (each rank's clock would end "
+                             "the run at a different step)")
         run(a, argv, ctx)
         finished = True
         return 0

@@ -206,7 +206,7 @@ def test_shift_is_vectorised():
     for c in (9, 900):
         x = torch.randn(1, c, 6, 6, requires_grad=True)
         sizes.append(_graph_size(shift(x, interleaved_offsets(c, 3, 2))))
-    assert sizes[0] == sizes[1] <= 4
+    assert sizes[0] == sizes[1] <= 6  # pad, flatten, gather, view (+ the leaf)
     # and a big layer runs in well under a second
     x = torch.randn(2, 2048, 16, 16)
     m = Shift.interleaved(2048, 7, 2)

@@ -262,6 +262,43 @@ def test_lr_schedule():
     assert s.lr(10) == pytest.approx(0.1) and s.lr(99) < 0.001
 
 
+def test_lr_schedule_follows_the_time_budget():
+    a = SimpleNamespace(lr=0.1, schedule="cosine", epochs=1000, warmup=0.0, gamma=0.1, min_lr=0.0,
+                        milestones=None)
+    s = LRSchedule(a, 10)
+    s.set_progress(0.5)
+    assert s.lr() == pytest.approx(0.05)  # half-way down the cosine, whatever the step count
+    s.set_progress(1.5)
+    assert s.lr() == pytest.approx(0.0)
+    a.schedule, a.epochs = "step", 164
+    s = LRSchedule(a, 10)
+    s.set_progress(80.9 / 164)
+    assert s.lr() == pytest.approx(0.1)
+    s.set_progress(81.1 / 164)
+    assert s.lr() == pytest.approx(0.01)
+
+
+def test_time_budget_ends_the_run(env, capsys, tmp_path):
+    # a budget spent before the first step: no step, but a finished run with its files
+    out = tmp_path / "spent"
+    assert main(common(env, out, "--epochs", "3", "--time-budget", "1e-9")) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["finished"] and r["steps_done"] == 0 and r["epochs_done"] == 0
+    assert r["time_budget_s"] == 1e-9 and (out / "final.pt").is_file()
+    # a budget never reached: --epochs ends the run as usual
+    out = tmp_path / "ample"
+    assert main(common(env, out, "--epochs", "1", "--time-budget", "1e6")) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["steps_done"] == 2 and [h["epoch"] for h in r["history"]] == [1]
+
+
+def test_time_budget_needs_one_process(env):
+    e = dict(env.env, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+             MASTER_PORT=str(_free_port()))
+    r = run_train(SimpleNamespace(env=e), common(env, env.root / "tb2", "--time-budget", "10"))
+    assert r.returncode == 2 and "single process" in r.stderr
+
+
 def test_corrupted_checkpoint_is_checkpoint_error(tmp_path):
     p = tmp_path / "x.pt"
     p.write_bytes(b"garbage")
