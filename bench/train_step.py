@@ -5,7 +5,8 @@
                                [--shift gather index] [--json runs/bench_train_step.json]
 
 One step = forward, cross-entropy, backward and an SGD step on a random batch, with
-the model in training mode, as quant.train runs it. Each configuration is warmed up
+the model in training mode, as quant.train runs it (QAT models calibrated on one
+batch first, like ``--calibrate-batches``). Each configuration is warmed up
 (5 steps) and then timed step by step (the device synchronised around each); the
 table gives the median. ``--shift index`` swaps in the shift's former implementation
 (broadcast advanced indexing, whose backward sorts the indices) for comparison with
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quant.qat import calibrate  # noqa: E402
 from quant.train import build_model, quantize  # noqa: E402
 
 # the module itself (the package `models` exports its function `shift` under that name)
@@ -97,6 +99,9 @@ def main(argv=None) -> int:
                 torch.manual_seed(0)
                 kw = {"num_classes": 10, "in_channels": 3, "expansion": e}
                 model = quantize(build_model(a.model, kw), bits, "po2" if bits != "float" else "float")
+                if bits != "float":  # as quant.train --calibrate-batches: without it, Brevitas
+                    # collects percentile statistics (kthvalue) in the first training steps
+                    calibrate(model.to(dev), [torch.randn(a.batch_size, 3, 32, 32, device=dev)])
                 t = statistics.median(time_steps(model.to(dev), a.batch_size, a.steps, dev))
                 rows.append({"model": a.model, "expansion": e, "bits": bits, "shift": impl,
                              "batch": a.batch_size, "median_step_s": round(t, 5),
