@@ -162,14 +162,26 @@ def soc_params(board, *, engine=None, lanes=None, reduced=False):
         raise UsageError(f"--engine/--lanes: {e}") from None
 
 
+def _is_default_soc(core_name: str, reduced, engine, lanes) -> bool:
+    return core_name == "soc" and not reduced and engine is None and lanes is None
+
+
 def default_seed(board, core_name: str, *, reduced=False, engine=None, lanes=None) -> int:
     """The nextpnr seed without ``--seed``: :data:`hw.soc.SOC_SEED` for a part's default SoC
     configuration (the seed it was measured to route with), else 1."""
     from .soc import SOC_SEED
 
-    if core_name == "soc" and not reduced and engine is None and lanes is None:
-        return SOC_SEED.get(board.device, 1)
-    return 1
+    return SOC_SEED.get(board.device, 1) if _is_default_soc(core_name, reduced, engine, lanes) else 1
+
+
+def default_router(board, core_name: str, *, reduced=False, engine=None, lanes=None) -> str:
+    """The nextpnr router without ``--router``: :data:`hw.soc.SOC_ROUTER` for a part's default
+    SoC configuration (the router it was measured to route with), else router2."""
+    from .soc import SOC_ROUTER
+
+    if _is_default_soc(core_name, reduced, engine, lanes):
+        return SOC_ROUTER.get(board.device, "router2")
+    return "router2"
 
 
 def _parse_seeds(args) -> list:
@@ -267,6 +279,8 @@ def build(args) -> int:
         clock_mhz = board.clock_mhz
     if args.seed is None and not args.seeds:
         args.seed = default_seed(board, core_name, reduced=args.reduced, engine=override, lanes=args.lanes)
+    if args.router is None:
+        args.router = default_router(board, core_name, reduced=args.reduced, engine=override, lanes=args.lanes)
     seeds = _parse_seeds(args)
     if core_name == "probe" and engine[0] * engine[1] > board.multipliers:
         raise UsageError(f"engine {engine[0]}x{engine[1]} needs {engine[0] * engine[1]} MULT18X18D; "
@@ -494,13 +508,15 @@ def _parser():
                    "hw.soc.SOC_CLOCK_MHZ; probe and counter: the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, help="nextpnr placement seed (default 1; for a part's default SoC "
-                   "the seed it was measured to route with, hw.soc.SOC_SEED: 3 on the 85F)")
+                   "the seed it was measured to route with, hw.soc.SOC_SEED: 3 on the 85F, 2 on the 45F)")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")
     p.add_argument("--placer", choices=("heap", "static"), default="heap",
                    help="nextpnr placer (default heap, nextpnr's default: analytic placement, then "
                    "simulated-annealing refinement; static: the electrostatic placer)")
-    p.add_argument("--router", choices=("router1", "router2"), default="router2",
-                   help="nextpnr router (default router2: much faster than router1 on the congested SoC)")
+    p.add_argument("--router", choices=("router1", "router2"), default=None,
+                   help="nextpnr router (default router2, much faster than router1 on the congested 85F "
+                   "SoC; for a part's default SoC the router it was measured to route with, "
+                   "hw.soc.SOC_ROUTER: router1 on the 45F)")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="nextpnr threads (default 1; for the 85F SoC, 2 threads gave the same bitstream "
                    "and no speed-up: docs/BUILD.md, t21)")

@@ -24,7 +24,7 @@ from .engine import Engine
 from .engine_params import EngineParams
 from .link import HostLink, LinkEngine
 
-__all__ = ["EngineSoC", "UartSoC", "SIM_PARAMS", "simulated_board", "SOC_PARAMS", "SOC_CLOCK_MHZ", "SOC_SEED",
+__all__ = ["EngineSoC", "UartSoC", "SIM_PARAMS", "simulated_board", "SOC_PARAMS", "SOC_CLOCK_MHZ", "SOC_SEED", "SOC_ROUTER",
            "REDUCED_SOC_PARAMS",
            "estimate_resources", "ebr_count"]
 
@@ -167,7 +167,12 @@ SOC_CLOCK_MHZ = {"LFE5U-85F": 45.0, "LFE5U-45F": 36.0, "LFE5U-25F": 36.0, "LFE5U
 #: memory with replicated input registers, 194 of 208 block RAMs) routed with seed 3 at 52.24 MHz;
 #: with seed 2 router2 did not converge (docs/BUILD.md, t19). nextpnr is deterministic for a given
 #: design, seed and thread count, so the default build reproduces the measured one.
-SOC_SEED = {"LFE5U-85F": 3}
+SOC_SEED = {"LFE5U-85F": 3, "LFE5U-45F": 2}
+
+#: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). The 45F
+#: SoC did not converge with router2 (t1, t2); router1 with seed 2 routed it at 64.89 MHz in 953 s
+#: of place and route (docs/BUILD.md, 45F t3).
+SOC_ROUTER = {"LFE5U-45F": "router1"}
 
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
 REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=2, lanes=2, act_words=512, weight_words=512, max_layers=4,

@@ -206,6 +206,16 @@ def test_default_seed_is_the_measured_one_only_for_the_default_soc():
     assert default_seed(b, "soc", lanes=8) == 1 and default_seed(b, "soc", engine=(7, 16)) == 1
     assert default_seed(b, "soc", reduced=True) == 1 and default_seed(b, "probe") == 1
     assert default_seed(get_board("ulx3s-25f"), "soc") == 1
+    assert default_seed(get_board("ulx3s-45f"), "soc") == 2   # the 45F's routed with router1, seed 2
+
+
+def test_default_router_is_the_measured_one_only_for_the_default_soc():
+    from hw.build import default_router
+
+    b = get_board("ulx3s-45f")
+    assert default_router(b, "soc") == "router1"       # hw.soc.SOC_ROUTER: router2 did not converge
+    assert default_router(b, "soc", lanes=2) == "router2" and default_router(b, "probe") == "router2"
+    assert default_router(get_board("ulx3s"), "soc") == "router2"
 
 
 def test_soc_params_overrides():
