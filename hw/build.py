@@ -504,7 +504,7 @@ def _parser():
     p.add_argument("--baud", type=float, default=3_000_000, help="soc only: UART baud rate (default 3000000, "
                    "the FT231X's maximum; the engine clock must make it within 2 %%)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="engine clock target; the PLL makes the nearest "
-                   "frequency it can (default: soc 45 MHz on the 85F, 36 -> 35.71 MHz on smaller parts, "
+                   "frequency it can (default: soc 45 MHz on the 85F, 60 on the 45F, 36 -> 35.71 MHz on smaller parts, "
                    "hw.soc.SOC_CLOCK_MHZ; probe and counter: the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, help="nextpnr placement seed (default 1; for a part's default SoC "
