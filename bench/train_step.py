@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
                        else ("cpu" if a.device == "auto" else a.device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {a.device}: this machine has no CUDA device")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         name = torch.cuda.get_device_name(dev)

@@ -282,8 +282,8 @@ class Shift(nn.Module):
         return int(self.offsets.abs().max())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            return shift(x, self.offsets)  # raises the error
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
+            return shift(x, self.offsets)  # shift's checks raise the one-line ValueError
         # The index tensors are kept while the table, its device and the image size stay
         # (the version counter moves when load_state_dict copies into the buffer): on a
         # GPU, rebuilding them every call would stop the host for a device sync each time.

@@ -235,6 +235,8 @@ def test_channel_mismatch_and_bad_input_raise():
         m(torch.zeros(1, 8, 4, 4))
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         m(torch.zeros(9, 4, 4))
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        m([[1.0, 2.0]])
 
 
 @pytest.mark.parametrize("fn", [interleaved_offsets, grouped_offsets])
