@@ -428,6 +428,7 @@ def build(args) -> int:
         "seeds": [{"seed": r.seed, "fmax_mhz": r.fmax_mhz, "seconds": round(r.seconds, 1)} for r in runs],
         "best_seed": best.seed,
         "times_s": {k: round(v, 1) for k, v in times.items()},
+        "critical_path": _critical_path_json(rep.critical_path(eng.net) if eng else []),
         "files": {"bitstream": "top.bit", "nextpnr_report": "nextpnr.json",
                   "nextpnr_log": best.log_path.name, "yosys_log": "yosys.log"},
     }
@@ -440,6 +441,20 @@ def build(args) -> int:
         if rc != 0:
             raise ToolFailed(f"openFPGALoader failed (exit {rc}); is the board connected (libusb-1.0)?")
     return 0 if timing_met else 1
+
+
+def _critical_path_json(steps, top=3):
+    """The engine clock's critical path for report.json: totals, ends and the longest routes."""
+    if not steps:
+        return None
+    routes = sorted((s for s in steps if s.kind == "routing"), key=lambda s: -s.delay_ns)
+    return {
+        "ns": round(sum(s.delay_ns for s in steps), 3),
+        "routing_ns": round(sum(s.delay_ns for s in routes), 3),
+        "from": steps[0].src, "to": steps[-1].dst,
+        "longest_routes": [{"net": s.net, "ns": round(s.delay_ns, 3), "from_loc": list(s.src_loc),
+                            "to_loc": list(s.dst_loc), "to": s.dst, "source": s.source} for s in routes[:top]],
+    }
 
 
 def _summary(report, out):
@@ -459,6 +474,13 @@ def _summary(report, out):
     lines.append(f"   time       {t['total']:.0f} s (elaborate {t['elaborate']:.0f}, synth {t['synth']:.0f}, "
                  f"pnr {t['pnr']:.0f} [{len(report['seeds'])} seed(s), best {report['best_seed']}], "
                  f"pack {t['pack']:.0f})")
+    cp = report.get("critical_path")
+    if cp:
+        lines.append(f"   critical   {cp['ns']:.2f} ns, {cp['routing_ns']:.2f} ns of it routing: "
+                     f"{cp['from']} -> {cp['to']}")
+        for r in cp["longest_routes"][:1]:
+            lines.append(f"              longest route {r['ns']:.2f} ns: {r['net']} {tuple(r['from_loc'])} -> "
+                         f"{tuple(r['to_loc'])}" + (f" [{r['source']}]" if r["source"] else ""))
     lines.append(f"   bitstream  {out / report['files']['bitstream']}   report {out / 'report.json'}")
     target = report["clock"]["target_mhz"]
     if report["timing_met"]:

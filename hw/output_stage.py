@@ -46,11 +46,17 @@ overflow, and with ``fifo_depth > LATENCY`` a stage that is read every cycle
 accepts every cycle. Per lane it uses 2 ``MULT18X18D`` for ``v * m`` (33 x 17
 bits), 1 for ``r * res_m`` and 2 for ``sum * pool_m``: ``5 * lanes`` in total.
 
-The per-channel tables and the pool sums are LUT RAM (``ram_style
-"distributed"``), banked by lane (channel ``c`` lives in bank ``c % lanes``):
-block RAM as yosys infers it for ECP5 has no output register (about 5.6 ns
-clock-to-out), which the bias adder and the pool read-modify-write cannot
-afford. Accept-to-output latency: 18 cycles.
+The per-channel tables (banked by lane: channel ``c`` lives in bank
+``c % lanes``) and the pool sums (one word of all lanes per channel group) are
+read synchronously and their data registered before use, so Yosys may put them
+in block RAM or in LUT RAM, whichever its cost model prefers (block RAM for the
+85F's 512 channels, LUT RAM for the small parts' 64). Block RAM as Yosys infers
+it for ECP5 has no output register (about 5.6 ns clock-to-out), hence the
+register; a deep LUT RAM read asynchronously would put a read address with
+hundreds of loads on the path (docs/BUILD.md, t20). The table is read as the
+beat is accepted, the pool sum one stage before it is needed; two beats of the
+same channel group closer than the read-to-write distance take the sum from a
+bypass register instead. Accept-to-output latency: 19 cycles.
 
 The configuration ``cfg`` and the tables must only change while ``busy`` is
 low (no beat in flight).
@@ -133,8 +139,8 @@ class OutputStage(wiring.Component):
         Output channels per beat, a power of two 1..32.
     max_channels : int
         Size of the per-channel tables (``m``, ``s``, bias, pool sums); a power
-        of two, at least ``lanes``. Default 512. The tables are LUT RAM
-        (``max_channels * (54 + pool_bits)`` bits).
+        of two, at least ``lanes``. Default 512. The tables hold
+        ``max_channels * (54 + pool_bits)`` bits.
     max_pool_pixels : int
         Largest map the pool sums cover (sets their width). Default 65536.
     fifo_depth : int
@@ -170,8 +176,8 @@ class OutputStage(wiring.Component):
     """
 
     #: Cycles from an accepted beat to its word being written into the output FIFO
-    #: (the word is valid on ``o`` two cycles later: 18 cycles accept -> ``o.valid``).
-    LATENCY = 16
+    #: (the word is valid on ``o`` two cycles later: 19 cycles accept -> ``o.valid``).
+    LATENCY = 17
 
     def __init__(self, lanes: int = 4, *, max_channels: int = 512, max_pool_pixels: int = 65536,
                  fifo_depth: int = 32):
@@ -257,26 +263,37 @@ class OutputStage(wiring.Component):
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
 
-        # stage 1 registers (the beat, as accepted)
+        # stage 0: the beat as accepted, while the table read is in flight
+        v0 = Signal()
+        chan0 = Signal.like(ip.chan)
+        mask0 = Signal.like(ip.mask)
+        pf0, pl0, last0, alt0 = Signal(), Signal(), Signal(), Signal()
+        acc0 = Signal.like(ip.acc)
+        res0 = Signal(self._residual_layout)
+        m.d.sync += [v0.eq(accept), chan0.eq(ip.chan), mask0.eq(ip.mask), pf0.eq(ip.pool_first),
+                     pl0.eq(ip.pool_last), last0.eq(ip.last), alt0.eq(ip.alt), acc0.eq(ip.acc),
+                     res0.eq(Mux(need_res, self.r.payload.as_value(), 0))]
+        # stage 1: the beat with its table entry (registered from the table's read data)
         v1 = Signal()
         chan1 = Signal.like(ip.chan)
         mask1 = Signal.like(ip.mask)
         pf1, pl1, last1, alt1 = Signal(), Signal(), Signal(), Signal()
         acc1 = Signal.like(ip.acc)
         res1 = Signal(self._residual_layout)
-        m.d.sync += [v1.eq(accept), chan1.eq(ip.chan), mask1.eq(ip.mask), pf1.eq(ip.pool_first),
-                     pl1.eq(ip.pool_last), last1.eq(ip.last), alt1.eq(ip.alt), acc1.eq(ip.acc),
-                     res1.eq(Mux(need_res, self.r.payload.as_value(), 0))]
+        m.d.sync += [v1.eq(v0), chan1.eq(chan0), mask1.eq(mask0), pf1.eq(pf0), pl1.eq(pl0),
+                     last1.eq(last0), alt1.eq(alt0), acc1.eq(acc0), res1.eq(res0)]
 
-        # control, delayed alongside the datapath
-        EXIT = self.LATENCY
+        # control, delayed alongside the datapath; stage numbers from here on count from stage 1,
+        # so the beat leaves in stage LATENCY - 1
+        EXIT = self.LATENCY - 1
         v = {1: v1}
         cur = v1
         for k in range(2, EXIT + 1):
             nxt = Signal(name=f"v{k}")
             m.d.sync += nxt.eq(cur)
             v[k] = cur = nxt
-        chan8 = delay(chan1, 7, "chan")
+        chan7 = delay(chan1, 6, "chan")
+        chan8 = delay(chan7, 1, "chan8")
         pf8 = delay(pf1, 7, "pool_first")
         pl8 = delay(pl1, 7, "pool_last")
         mask_x = delay(mask1, EXIT - 1, "mask")
@@ -292,18 +309,32 @@ class OutputStage(wiring.Component):
 
         pool_mode = Signal()
         m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
-        # pool stage 9 control: the beat's channel and pool_first, and whether the beat ahead
-        # of it (in stage 9 when this one was read in stage 8) wrote the same channel group
+        # pool control. The sums are read in stage 7 (synchronously: the data is registered in
+        # stage 9) and written back in stage 9, so the two beats ahead of a beat (in stages 9 and
+        # 10 while it is in stage 8) may have written its channel group after its read: it then
+        # takes their sum from psum10 / psum11 instead (the nearer one wins).
         chan9 = delay(chan8, 1, "chan9")
+        chan10 = delay(chan9, 1, "chan10")
         pf9 = delay(pf8, 1, "pool_first9")
-        bypass9 = Signal()
-        m.d.sync += bypass9.eq(v[9] & ((chan9 >> lg) == (chan8 >> lg)))
+        pool_we9 = Signal()
+        m.d.comb += pool_we9.eq(v[9] & pool_mode & ~alt9)
+        pool_we10 = delay(pool_we9, 1, "pool_we10")
+        bypass1, bypass2 = Signal(), Signal()
+        m.d.sync += [bypass1.eq(pool_we9 & ((chan9 >> lg) == (chan8 >> lg))),
+                     bypass2.eq(pool_we10 & ((chan10 >> lg) == (chan8 >> lg)))]
+        pmem = Memory(shape=data.ArrayLayout(signed(self._pool_bits), N), depth=depth, init=[])
+        m.submodules.pool = pmem
+        pwr = pmem.write_port()
+        prd = pmem.read_port()
+        read9 = Signal.like(prd.data, name="pool_read")
+        m.d.comb += [prd.addr.eq(chan7 >> lg), pwr.addr.eq(chan9 >> lg), pwr.en.eq(pool_we9)]
+        m.d.sync += read9.eq(prd.data)
         y9 = []
 
         out_data = []
         for k in range(N):
             # ---- table (m, s, bias), banked by lane --------------------------
-            tmem = Memory(shape=TableEntry, depth=depth, init=[], attrs={"ram_style": "distributed"})
+            tmem = Memory(shape=TableEntry, depth=depth, init=[])
             m.submodules[f"table{k}"] = tmem
             twr = tmem.write_port()
             m.d.comb += [
@@ -311,11 +342,9 @@ class OutputStage(wiring.Component):
                 twr.data.eq(self.tbl.payload.entry),
                 twr.en.eq(self.tbl.valid & ((self.tbl.payload.chan & (N - 1)) == k)),
             ]
-            # LUT RAM (ram_style "distributed"), read asynchronously and registered at
-            # acceptance: a block RAM read port as inferred by yosys has no output
-            # register (REGMODE NOREG, about 5.6 ns clock-to-out on a speed-6 ECP5),
-            # too slow to feed the bias adder in the same cycle
-            trd = tmem.read_port(domain="comb")
+            # read as the beat is accepted; the data (a block RAM's, without output register)
+            # is registered before it meets the bias adder
+            trd = tmem.read_port()
             m.d.comb += trd.addr.eq(ip.chan >> lg)
             ent = Signal(TableEntry, name=f"entry{k}")
             m.d.sync += ent.eq(trd.data)             # valid in stage 1
@@ -358,26 +387,15 @@ class OutputStage(wiring.Component):
             y_x = delay(y8, EXIT - 8, f"yq{k}")
             y9.append(delay(y8, 1, f"y{k}_9"))
 
-            # ---- stages 8-9: pool read-modify-write over two cycles ------------
-            # stage 8 reads the channel's sum (asynchronous LUT-RAM read) into a register;
-            # stage 9 adds and writes it back. A beat of the same channel directly behind
-            # (one lane group per pixel) read before that write landed: it takes the sum
-            # just computed (psum10, a register) instead. Further back, the write is visible.
-            pmem = Memory(shape=signed(self._pool_bits), depth=depth, init=[], attrs={"ram_style": "distributed"})
-            m.submodules[f"pool{k}"] = pmem
-            pwr = pmem.write_port()
-            prd = pmem.read_port(domain="comb")
-            read9 = Signal(signed(self._pool_bits), name=f"pool_read{k}")
+            # ---- stages 7-9: pool read-modify-write -----------------------------
             psum = Signal(signed(self._pool_bits), name=f"psum{k}")
             psum10 = Signal.like(psum, name=f"psum{k}_10")
-            m.d.comb += prd.addr.eq(chan8 >> lg)
-            m.d.sync += read9.eq(prd.data)
+            psum11 = Signal.like(psum, name=f"psum{k}_11")
             m.d.comb += [
-                psum.eq(Mux(pf9, 0, Mux(bypass9, psum10, read9)) + y9[k]),
-                pwr.addr.eq(chan9 >> lg),
-                pwr.data.eq(psum),
-                pwr.en.eq(v[9] & pool_mode & ~alt9),
+                psum.eq(Mux(pf9, 0, Mux(bypass1, psum10, Mux(bypass2, psum11, read9[k]))) + y9[k]),
+                pwr.data[k].eq(psum),
             ]
+            m.d.sync += psum11.eq(psum10)
             # stage 10: the sum, registered (the route into the DSP); 13: product;
             # 14: rounding constant; 15: shift; 16: clamp, exit
             m.d.sync += psum10.eq(psum)

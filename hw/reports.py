@@ -20,8 +20,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ClockFmax", "Utilization", "PnrReport", "parse_report", "load_report",
-           "RESOURCE_NAMES", "ReportError"]
+__all__ = ["ClockFmax", "Utilization", "PnrReport", "PathStep", "parse_report", "load_report",
+           "format_critical_path", "RESOURCE_NAMES", "ReportError"]
+
+_REPO_ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 
 #: Name in our reports -> nextpnr-ecp5 bel type.
 RESOURCE_NAMES = {
@@ -89,10 +91,62 @@ class PnrReport:
         return {name: {"used": self.resource(name).used, "available": self.resource(name).available}
                 for name in RESOURCE_NAMES}
 
+    def critical_path(self, clock_net: str) -> list:
+        """The steps (:class:`PathStep`) of nextpnr's critical path within ``clock_net``; [] if none.
+
+        nextpnr names the path's clocks ``"posedge <net>"``; a path from and to the same clock is
+        the one that sets its Fmax.
+        """
+        for cp in self.critical_paths:
+            ends = [str(cp.get(k, "")).split(" ", 1)[-1] for k in ("from", "to")]
+            if ends == [clock_net, clock_net]:
+                return [PathStep.from_json(step) for step in cp.get("path", [])]
+        return []
+
     def clock(self, *, exclude=()) -> ClockFmax | None:
         """The constrained clock with the lowest achieved frequency, skipping nets in ``exclude``."""
         cands = [c for n, c in self.fmax.items() if n not in exclude]
         return min(cands, key=lambda c: c.achieved) if cands else None
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One step of a critical path: ``clk-to-q``, ``logic``, ``routing`` (with its net) or ``setup``."""
+
+    kind: str
+    delay_ns: float
+    src: str            # "cell.port"
+    dst: str
+    src_loc: tuple
+    dst_loc: tuple
+    net: str = ""
+    source: str = ""    # first HDL source line nextpnr names for the net
+
+    @classmethod
+    def from_json(cls, step: dict) -> "PathStep":
+        def end(key):
+            e = step.get(key) or {}
+            return f"{e.get('cell', '?')}.{e.get('port', '?')}", tuple(e.get("loc") or ())
+        (src, src_loc), (dst, dst_loc) = end("from"), end("to")
+        sources = [str(x).removeprefix(_REPO_ROOT) for x in step.get("sources") or [""]]
+        return cls(str(step.get("type", "?")), float(step.get("delay", 0.0)), src, dst, src_loc, dst_loc,
+                   str(step.get("net", "")), str(sources[0]))
+
+
+def format_critical_path(steps: list, *, top: int = 3) -> list:
+    """Lines describing a critical path: total, logic vs routing, start and end, the longest routes."""
+    if not steps:
+        return ["critical path: none in the report"]
+    total = sum(s.delay_ns for s in steps)
+    routes = [s for s in steps if s.kind == "routing"]
+    route_ns = sum(s.delay_ns for s in routes)
+    lines = [f"critical path {total:.2f} ns ({route_ns:.2f} ns routing in {len(routes)} nets, "
+             f"{total - route_ns:.2f} ns cells): {steps[0].src} -> {steps[-1].dst}"]
+    for s in sorted(routes, key=lambda s: -s.delay_ns)[:top]:
+        where = f" [{s.source}]" if s.source else ""
+        lines.append(f"  route {s.delay_ns:5.2f} ns  {s.net}  {s.src_loc} -> {s.dst_loc} "
+                     f"({s.dst}){where}")
+    return lines
 
 
 def parse_report(obj: dict) -> PnrReport:
@@ -125,3 +179,37 @@ def load_report(path) -> PnrReport:
     except json.JSONDecodeError as e:
         raise ReportError(f"{path}: not JSON ({e})") from None
     return parse_report(obj)
+
+
+def main(argv=None) -> int:
+    """``python -m hw.reports NEXTPNR_REPORT.json [--all]``: Fmax and critical path per clock."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m hw.reports",
+                                 description="Print the Fmax and the critical path of each clock from a "
+                                             "nextpnr-ecp5 --report JSON file (build/<board>/nextpnr.json).")
+    ap.add_argument("report", help="nextpnr's report (e.g. build/ulx3s/nextpnr.json)")
+    ap.add_argument("--all", action="store_true", help="list every step of each path, not only the longest routes")
+    args = ap.parse_args(argv)
+    try:
+        rep = load_report(args.report)
+    except (OSError, ReportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for net, clk in rep.fmax.items():
+        target = f"{clk.constraint:.2f}" if clk.constraint is not None else "-"
+        print(f"{net}: Fmax {clk.achieved:.2f} MHz (target {target} MHz)")
+        steps = rep.critical_path(net)
+        if args.all:
+            for s in steps:
+                what = s.net if s.kind == "routing" else s.dst
+                print(f"  {s.kind:9s} {s.delay_ns:6.3f} ns  {s.dst_loc}  {what}")
+        else:
+            for line in format_critical_path(steps):
+                print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

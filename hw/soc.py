@@ -210,17 +210,18 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     Returns ``{"MULT18X18D": n, "DP16KD": n, "memories": {name: {"width", "depth", "copies", "DP16KD"}}}``.
     A memory read through two ports is stored twice (one write and one read port per
     copy): the activation memory (the sequential reader and the residual read). Memories
-    that Yosys puts into LUT RAM (see :func:`_blocks`; also the output stage's tables and
-    the FIFOs, not listed) count 0. For the 85F configuration this is exactly what
-    ``synth_ecp5`` (Yosys 0.70) maps: 149 MULT18X18D, 190 DP16KD; for tiny
+    that Yosys puts into LUT RAM (see :func:`_blocks`; also the FIFOs, not listed) count 0.
+    For the 85F configuration this is exactly what ``synth_ecp5`` (Yosys 0.70) maps
+    (docs/BUILD.md gives the figures of the last build); for tiny
     configurations it is an upper bound (Yosys builds narrow multiplies from LUTs).
     """
     from .engine_params import DESC_WORDS
-    from .output_stage import TableEntry
+    from .output_stage import OutputStage, TableEntry
     from .tile_feeder import TILE_SLOTS, tile_words
 
     p = params
     unit = p.shift_unit(for_host=True)
+    pool_bits = OutputStage(p.lanes, max_channels=p.max_cout, max_pool_pixels=p.max_out_pixels).pool_bits
     slot = unit.slot_layout.size
     mems = {  # name: (width, depth, copies)
         "act": (8 * p.lanes, p.act_words, 2),
@@ -234,6 +235,9 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
         "shift_sched": (slot, unit.max_slots, 1),
         "tile_buffer": (8 * p.lanes, TILE_SLOTS * tile_words(p), p.rows),
         "link_buffer": (32, max_words, 1),
+        # the output stage's per-channel tables (one per lane) and pool sums (all lanes in one word)
+        "stage_table": (TableEntry.size, p.max_cout // p.lanes, p.lanes),
+        "pool_sums": (pool_bits * p.lanes, p.max_cout // p.lanes, 1),
     }
     from .sliced_memory import sliced_blocks
 

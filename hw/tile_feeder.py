@@ -217,12 +217,19 @@ class TileFeeder(wiring.Component):
         b_free = Signal()
         a_can = Signal()
         a_tile_start = Signal()
+        # A tile of the expand half starts only when the ring has room for all of it. The compare
+        # is registered (it sat on the path into the shift unit's memory enables): a_room_ok says
+        # whether a tile starting at a_kept fits, as of the previous cycle. a_room_end only grows
+        # during a pass, so a stale value is never too generous; a_kept grows when a tile closes,
+        # so the cycle after that (and after start) waits for the compare to catch up.
+        a_room_ok = Signal()
+        a_stale = Signal(init=1)
+        m.d.sync += [a_room_ok.eq(a_kept + P <= self.a_room_end), a_stale.eq(0)]
         m.d.comb += [
             b_free.eq(~full.bit_select(wslot, 1)),
             a_tile_start.eq((a_wp == 0) & (a_b == 0)),
-            # a tile of the expand half starts only when the ring has room for all of it
             a_can.eq(cfg.fused & ~full.bit_select(a_slot, 1)
-                     & (~a_tile_start | (a_kept + P <= self.a_room_end))),
+                     & (~a_tile_start | (a_room_ok & ~a_stale))),
             self.i.ready.eq(b_free & ~(a_turn & a_can & self.ia.valid)),
         ]
         take = Signal()
@@ -270,6 +277,7 @@ class TileFeeder(wiring.Component):
             m.d.sync += a_kept.eq(a_kept + 1)
             with m.If((a_wp == P - 1) | (a_kept + 1 == cfg.a_pixels)):
                 m.d.sync += [
+                    a_stale.eq(1),
                     full.bit_select(a_slot, 1).eq(1),
                     a_wp.eq(0),
                     a_wslot.eq(~a_wslot),
@@ -411,6 +419,7 @@ class TileFeeder(wiring.Component):
         with m.If(self.start):
             m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
                          a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
+                         a_stale.eq(1),
                          b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0),
                          self.beats.eq(0)]
         return m

@@ -2,21 +2,21 @@
 
 The engine tests (test_engine.py) check every stored word, but a feeder that
 delivers the right beats at a lower rate passes them; here the feeder runs one
-plain 1x1 layer into an always-ready sink, behind a model of the weight memory
-with the two cycles of read latency it expects, and must hand over a tile's
-beats back to back (one per cycle, after the first) with the right bytes and
-weight words.
+plain 1x1 layer into an always-ready sink, behind the engine's weight memory
+(``hw.sliced_memory.SlicedMemory`` with input registers: two cycles of read
+latency), and must hand over a tile's beats back to back (one per cycle, after
+the first) with the right bytes and weight words.
 """
 
 from __future__ import annotations
 
 import random
 
-from amaranth import Module, Signal
-from amaranth.lib.memory import Memory
+from amaranth import Module
 from amaranth.sim import Simulator
 
 from hw.engine_params import EngineParams
+from hw.sliced_memory import SlicedMemory
 from hw.systolic import SystolicArray
 from hw.tile_feeder import TileFeeder
 
@@ -39,13 +39,12 @@ def test_feeder_beats_are_back_to_back_with_their_weights():
     feeder = TileFeeder(PARAMS, array.input_layout)
     m = Module()
     m.submodules.feeder = feeder
-    # the weight memory as the engine builds it: registered inputs, then the block RAM's read
-    wmem = m.submodules.wmem = Memory(shape=8 * Q, depth=PARAMS.weight_words,
-                                      init=[0] * w_base + weights + [0] * (PARAMS.weight_words - w_base - len(weights)))
-    rd = wmem.read_port(transparent_for=())
-    addr_q, en_q = Signal.like(feeder.w_addr), Signal()
-    m.d.sync += [addr_q.eq(feeder.w_addr), en_q.eq(feeder.w_en)]
-    m.d.comb += [rd.addr.eq(addr_q), rd.en.eq(en_q), feeder.w_data.eq(rd.data)]
+    # the weight memory the engine builds (registered inputs, then the block RAMs' read), loaded
+    # through its write port before the layer starts
+    wmem = m.submodules.wmem = SlicedMemory(width=8 * Q, depth=PARAMS.weight_words, name="weight",
+                                            input_registers=True)
+    (rd,) = wmem.reads
+    m.d.comb += [rd.addr.eq(feeder.w_addr), rd.en.eq(feeder.w_en), feeder.w_data.eq(rd.data)]
 
     c = feeder.cfg
     sim = Simulator(m)
@@ -54,6 +53,13 @@ def test_feeder_beats_are_back_to_back_with_their_weights():
     beats = []
 
     async def source(ctx):
+        for i, w in enumerate(weights):
+            ctx.set(wmem.write.addr, w_base + i)
+            ctx.set(wmem.write.data, w)
+            ctx.set(wmem.write.en, 1)
+            await ctx.tick()
+        ctx.set(wmem.write.en, 0)
+        await ctx.tick().repeat(2)          # the last write passes the input register
         ctx.set(c.width, PIXELS)
         ctx.set(c.height, 1)
         ctx.set(c.g_words, words)

@@ -23,7 +23,7 @@ import pytest
 from hw.boards import BOARD_ALIASES, BOARDS, REDUCED_ENGINE, UnknownBoard, board_names, get_board
 from hw.build import TOOLS, UsageError, abc9_workaround, parse_engine, soc_params
 from hw.pll import PFD_MHZ, PLLError, VCO_MHZ, pll_params
-from hw.reports import ReportError, load_report, parse_report
+from hw.reports import ReportError, format_critical_path, load_report, parse_report
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TOOLS = all(shutil.which(exe) for _, exe, _ in (TOOLS["yosys"], TOOLS["nextpnr-ecp5"], TOOLS["ecppack"]))
@@ -193,7 +193,7 @@ def test_soc_estimate_matches_synthesis():
     """The block-RAM estimate of the 85F SoC is what Yosys 0.70 synth_ecp5 mapped (docs/BUILD.md)."""
     from hw.soc import SOC_PARAMS, estimate_resources
     est = estimate_resources(SOC_PARAMS["LFE5U-85F"])
-    assert (est["MULT18X18D"], est["DP16KD"]) == (149, 194)
+    assert (est["MULT18X18D"], est["DP16KD"]) == (149, 205)
     mem = est["memories"]
     assert mem["act"]["DP16KD"] == 48 and mem["weight"]["DP16KD"] == 96 and mem["tile_buffer"]["DP16KD"] == 8
     assert mem["logits"]["DP16KD"] == 0   # LUT RAM
@@ -310,6 +310,29 @@ def test_parse_real_report():
     assert len(rep.critical_paths) == 1
 
 
+def test_critical_path_steps():
+    """Critical path of a clock: steps parsed in order, totals and the longest route reported."""
+    def step(kind, delay, cell, loc, net=None):
+        d = {"type": kind, "delay": delay, "from": {"cell": "a", "port": "Q", "loc": [0, 0]},
+             "to": {"cell": cell, "port": "D", "loc": loc}}
+        if net:
+            d.update(net=net, sources=["x.py:1"])
+        return d
+    path = [step("clk-to-q", 0.5, "a", [1, 1]), step("routing", 4.0, "b", [9, 9], "far"),
+            step("logic", 0.25, "b", [9, 9]), step("routing", 1.0, "c", [9, 8], "near"),
+            step("setup", 0.25, "c", [9, 8])]
+    rep = parse_report({"utilization": {}, "fmax": {"clk": {"achieved": 166.6, "constraint": 100}},
+                        "critical_paths": [{"from": "posedge other", "to": "posedge clk", "path": []},
+                                           {"from": "posedge clk", "to": "posedge clk", "path": path}]})
+    steps = rep.critical_path("clk")
+    assert [s.kind for s in steps] == ["clk-to-q", "routing", "logic", "routing", "setup"]
+    assert rep.critical_path("nope") == []
+    lines = format_critical_path(steps)
+    assert lines[0].startswith("critical path 6.00 ns (5.00 ns routing in 2 nets, 1.00 ns cells)")
+    assert "far" in lines[1] and "(0, 0) -> (9, 9)" in lines[1] and "[x.py:1]" in lines[1]
+    assert "near" in lines[2]
+
+
 def test_parse_report_errors(tmp_path):
     with pytest.raises(ReportError, match="fmax"):
         parse_report({"utilization": {}})
@@ -404,6 +427,16 @@ def test_tiny_build_report(tmp_path):
     assert summary["resources"]["LUT4"]["used"] == rep.resource("TRELLIS_COMB").used
     assert summary["clock"]["pll"]["CLKFB_DIV"] == 6
     assert summary["threads"] == 2
+    # the critical path's delay is what sets the Fmax; its routing is part of it
+    cp = summary["critical_path"]
+    assert 1000 / cp["ns"] == pytest.approx(clk.achieved, rel=0.02)
+    assert 0 < cp["routing_ns"] < cp["ns"]
+    assert "critical" in r.stdout
+    # python -m hw.reports prints the same clock and path
+    cli = subprocess.run([sys.executable, "-m", "hw.reports", str(out / "nextpnr.json")],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert f"Fmax {clk.achieved:.2f} MHz" in cli.stdout and f"critical path {cp['ns']:.2f} ns" in cli.stdout
 
 
 @needs_tools
