@@ -145,10 +145,11 @@ SOC_PARAMS = {
                               sched_words=1024, table_words=3072, logit_words=16, max_width=32, max_height=32,
                               max_cin=384, max_gather=384, radius=1, max_cout=512),
     # 69 of 72; ShiftResNet-20 E=1 at 32x32 with fused CSC passes (8720 activation words, 4214 weight
-    # words; E=2 at 32x32 would need about 12288 activation and 8192 weight words: 110 EBR of 108)
+    # words; E=2 at 32x32 would need about 12288 activation and 8192 weight words: 110 EBR of 108).
+    # max_cout 128: the output stage holds a fused stage-3 pass's 64 + 64 table entries (13 passes)
     "LFE5U-45F": EngineParams(rows=6, cols=8, lanes=4, act_words=9216, weight_words=4608, max_layers=32,
                               sched_words=512, table_words=2048, logit_words=16, max_width=32, max_height=32,
-                              max_cin=64, max_gather=64, radius=1, max_cout=64),
+                              max_cin=64, max_gather=64, radius=1, max_cout=128),
     # 27 of 28; ShiftResNet-20 E=1 at 16x16
     "LFE5U-25F": EngineParams(rows=4, cols=4, lanes=2, act_words=10240, weight_words=8704, max_layers=32,
                               sched_words=512, table_words=1024, logit_words=16, max_width=16, max_height=16,
