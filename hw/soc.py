@@ -161,7 +161,7 @@ SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18
 #: built at this target met timing with Fmax 52.24 MHz (docs/BUILD.md, t19: nets that span the die
 #: limit it); 45 MHz comes exactly from the 25 MHz oscillator (x9/5) and makes 3 Mbaud
 #: in exactly 15 cycles per bit (50 MHz would make it 2 % slow). The 45F SoC built at 60 MHz (x12/5,
-#: exactly 20 cycles per bit) met timing with Fmax 64.70 MHz (docs/BUILD.md, 45F t4). The smaller
+#: exactly 20 cycles per bit) met timing with Fmax 64.16 MHz (docs/BUILD.md, 45F t5). The smaller
 #: parts were not measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
 SOC_CLOCK_MHZ = {"LFE5U-85F": 45.0, "LFE5U-45F": 60.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
@@ -173,7 +173,8 @@ SOC_SEED = {"LFE5U-85F": 3, "LFE5U-45F": 2}
 
 #: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). The 45F
 #: SoC did not converge with router2 (t1, t2); router1 with seed 2 routed it (t3 at a 35.71 MHz
-#: target: 64.89 MHz; t4 at 60 MHz: 64.70 MHz, 750 s of place and route; docs/BUILD.md).
+#: target: 64.89 MHz; t4 at 60 MHz: 64.70 MHz; t5, the seventh session's engine: 64.16 MHz in
+#: 621 s; docs/BUILD.md).
 SOC_ROUTER = {"LFE5U-45F": "router1"}
 
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
