@@ -446,12 +446,14 @@ class Engine(wiring.Component):
         staging = Signal(32 * max_parts)
         read_pending = Signal()
         read_pending2 = Signal()
+        read_pending3 = Signal()
         read_done = Signal()
         host_owns = ~running
 
         # bus defaults for every port (the engine overrides below while running)
         bus_read = Signal()
-        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending & ~read_pending2 & ~read_done)
+        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending & ~read_pending2 & ~read_pending3
+                                & ~read_done)
         csr_data = Signal(32)
         r_data_sel = Signal(32)
         bus_part = Signal(range(max_parts))   # part of a wide entry this bus word is
@@ -472,8 +474,13 @@ class Engine(wiring.Component):
                 m.d.comb += [rd.addr.eq(entry), rd.en.eq(bus_read & hit)]
             with m.If(hit):
                 m.d.comb += bus_part.eq(part)
-                padded = Cat(rd.data, Const(0, 32 * k - width)) if 32 * k > width else rd.data
-                m.d.comb += r_data_sel.eq(padded.word_select(part, 32) if k > 1 else padded)
+            # each region's word registered next to its memory, then the region multiplexer: the
+            # block RAMs' read data (about 5.6 ns clock-to-out) never meets the multiplexer directly
+            padded = Cat(rd.data, Const(0, 32 * k - width)) if 32 * k > width else rd.data
+            word_q = Signal(32, name=f"host_rd_region{reg}")
+            m.d.sync += word_q.eq(padded.word_select(part, 32) if k > 1 else padded)
+            with m.If(hit):
+                m.d.comb += r_data_sel.eq(word_q)
         with m.If(bus.valid & bus.w_en):
             m.d.sync += staging.word_select(bus_part, 32).eq(bus.w_data)
 
@@ -493,19 +500,21 @@ class Engine(wiring.Component):
             with m.Case(Csr.RUNS):
                 m.d.comb += csr_data.eq(runs)
 
-        # writes complete in their cycle; reads answer three cycles later (port register, memory
-        # read, then a register after the region multiplexer)
+        # writes complete in their cycle; reads answer four cycles later (port register, memory
+        # read, the region's word register, then a register after the region multiplexer)
         read_data = Signal(32)
         data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)
         with m.If(bus.valid & bus.w_en):
             m.d.comb += bus.ready.eq(1)
         with m.Elif(bus.valid & read_done):
             m.d.comb += [bus.ready.eq(1), bus.r_data.eq(read_data)]
-        # (read_pending2: the activation memory's port register adds a cycle to every read)
+        # (read_pending2: the activation memory's port register adds a cycle to every read;
+        # read_pending3: the region's word register)
         m.d.sync += [
             read_pending.eq(bus_read),
             read_pending2.eq(read_pending),
-            read_done.eq(read_pending2),
+            read_pending3.eq(read_pending2),
+            read_done.eq(read_pending3),
             read_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0))),
         ]
 
