@@ -157,25 +157,26 @@ SOC_PARAMS = {
 }
 SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
 
-#: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides). The 85F SoC
-#: built at this target met timing with Fmax 52.24 MHz (docs/BUILD.md, t19: nets that span the die
-#: limit it); 45 MHz comes exactly from the 25 MHz oscillator (x9/5) and makes 3 Mbaud
-#: in exactly 15 cycles per bit (50 MHz would make it 2 % slow). The 45F SoC built at 60 MHz (x12/5,
-#: exactly 20 cycles per bit) met timing with Fmax 64.16 MHz (docs/BUILD.md, 45F t5). The smaller
-#: parts were not measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
-SOC_CLOCK_MHZ = {"LFE5U-85F": 45.0, "LFE5U-45F": 60.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
+#: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides), each a
+#: clock whose build met timing and that makes 3 Mbaud with an integer divisor. The 85F SoC built
+#: at 54 MHz (the PLL makes 54.17 MHz, x13/6; 18 cycles per UART bit, +0.3 %) met timing with Fmax
+#: 56.00 MHz (docs/BUILD.md, t24 s2; until the seventh session 45 MHz, t19: 52.24 MHz). The 45F
+#: SoC built at 60 MHz (x12/5, exactly 20 cycles per bit) met timing with Fmax 72.07 MHz
+#: (docs/BUILD.md, 45F t6). The smaller parts were not measured; they keep 36 MHz (35.71 MHz,
+#: x10/7, 12 cycles per bit, -0.8 %).
+SOC_CLOCK_MHZ = {"LFE5U-85F": 54.0, "LFE5U-45F": 60.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
-#: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1). The 85F SoC (weight
-#: memory with replicated input registers, 194 of 208 block RAMs) routed with seed 3 at 52.24 MHz;
-#: with seed 2 router2 did not converge (docs/BUILD.md, t19). nextpnr is deterministic for a given
-#: design, seed and thread count, so the default build reproduces the measured one.
-SOC_SEED = {"LFE5U-85F": 3, "LFE5U-45F": 2}
+#: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1): the seed it was
+#: measured to route with at its default clock (85F: t24 s2, 56.00 MHz; 45F: t6, 72.07 MHz;
+#: docs/BUILD.md). nextpnr is deterministic for a given design, seed and thread count, so the
+#: default build reproduces the measured one.
+SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 2}
 
-#: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). The 45F
-#: SoC did not converge with router2 (t1, t2); router1 with seed 2 routed it (t3 at a 35.71 MHz
-#: target: 64.89 MHz; t4 at 60 MHz: 64.70 MHz; t5, the seventh session's engine: 64.16 MHz in
-#: 621 s; docs/BUILD.md).
-SOC_ROUTER = {"LFE5U-45F": "router1"}
+#: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). router2
+#: diverged on both SoCs (45F t1, t2; 85F t22 s2, s3 and earlier runs), router1 routed every
+#: build it was given: the 45F (t3-t6, about 5 minutes of routing) and the 85F (t23, t24 s2,
+#: 18-25 minutes of routing beside other builds; docs/BUILD.md).
+SOC_ROUTER = {"LFE5U-85F": "router1", "LFE5U-45F": "router1"}
 
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
 REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=2, lanes=2, act_words=512, weight_words=512, max_layers=4,
