@@ -502,7 +502,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
     return n
 
+def _per_part(table, unit=""):
+    """``"54 MHz on the 85F, 66 MHz on the 45F"`` from a per-part table of hw.soc."""
+    def text(v):
+        return format(v, "g") if isinstance(v, (int, float)) else str(v)
+    return ", ".join(f"{text(v)}{unit} on the {part.removeprefix('LFE5U-')}" for part, v in table.items())
+
+
 def _parser():
+    from .soc import SOC_CLOCK_MHZ, SOC_ROUTER, SOC_SEED
+
     p = argparse.ArgumentParser(
         prog="python -m hw.build",
         description="Build a bitstream for a board with the open PyPI toolchain (yowasp yosys/nextpnr/ecppack). "
@@ -526,19 +535,18 @@ def _parser():
     p.add_argument("--baud", type=float, default=3_000_000, help="soc only: UART baud rate (default 3000000, "
                    "the FT231X's maximum; the engine clock must make it within 2 %%)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="engine clock target; the PLL makes the nearest "
-                   "frequency it can (default: soc 45 MHz on the 85F, 60 on the 45F, 36 -> 35.71 MHz on smaller parts, "
-                   "hw.soc.SOC_CLOCK_MHZ; probe and counter: the board's, 150 on the ULX3S)")
+                   f"frequency it can (default: soc {_per_part(SOC_CLOCK_MHZ, ' MHz')}, hw.soc.SOC_CLOCK_MHZ; "
+                   "probe and counter: the board's, 150 on the ULX3S)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, help="nextpnr placement seed (default 1; for a part's default SoC "
-                   "the seed it was measured to route with, hw.soc.SOC_SEED: 3 on the 85F, 2 on the 45F)")
+                   f"the seed it was measured to route with, hw.soc.SOC_SEED: {_per_part(SOC_SEED)})")
     g.add_argument("--seeds", metavar="N1,N2,...", help="run nextpnr once per seed, keep the best engine Fmax")
     p.add_argument("--placer", choices=("heap", "static"), default="heap",
                    help="nextpnr placer (default heap, nextpnr's default: analytic placement, then "
                    "simulated-annealing refinement; static: the electrostatic placer)")
     p.add_argument("--router", choices=("router1", "router2"), default=None,
-                   help="nextpnr router (default router2, much faster than router1 on the congested 85F "
-                   "SoC; for a part's default SoC the router it was measured to route with, "
-                   "hw.soc.SOC_ROUTER: router1 on the 45F)")
+                   help="nextpnr router (default router2, fast when it converges; for a part's default SoC "
+                   f"the router it was measured to route with, hw.soc.SOC_ROUTER: {_per_part(SOC_ROUTER)})")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="nextpnr threads (default 1; for the 85F SoC, 2 threads gave the same bitstream "
                    "and no speed-up: docs/BUILD.md, t21)")
