@@ -9,6 +9,7 @@ a no-op, so the training code has one path.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, TypeVar
@@ -90,15 +91,29 @@ class Context:
         return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
     def shutdown(self, clean: bool = True) -> None:
-        """Leave the process group; ``clean``: every rank got here normally (then they wait
-        for each other first; after an error a rank may never arrive, so no barrier)."""
+        """Leave the process group; ``clean``: every rank got here normally.
+
+        After a clean run the ranks wait for each other and the group is *not* torn down:
+        tearing gloo down (explicitly, or by the interpreter's exit) aborted a rank now and
+        then after all its work was done ("terminate called without an active exception",
+        seen in CI even with a barrier first). The process must then end with
+        :func:`exit_process`, which skips those destructors. After an error a rank may never
+        arrive, so there is no barrier and the group is destroyed."""
         if self.started:
             try:
-                # all ranks leave together: a rank tearing gloo down while another still
-                # writes its results made the other abort at exit ("terminate called without
-                # an active exception", seen under load in CI)
                 if clean:
                     dist.barrier()
-                dist.destroy_process_group()
+                else:
+                    dist.destroy_process_group()
             finally:
                 self.started = False
+
+    def exit_process(self, code: int) -> None:
+        """End this process with ``code``. In a multi-process run (after :meth:`shutdown`) it
+        flushes stdout and stderr and leaves with ``os._exit``, so no process-group destructor
+        runs at exit; a single process exits normally."""
+        if self.distributed:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)

@@ -844,4 +844,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    qdist.Context.from_env().exit_process(main())
