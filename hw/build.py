@@ -42,7 +42,7 @@ from pathlib import Path
 
 from .boards import REDUCED_ENGINE, UnknownBoard, board_names, get_board
 from .pll import PLLError, pll_params
-from .reports import RESOURCE_NAMES, ReportError, load_report
+from .reports import RESOURCE_NAMES, ReportError, load_report, summarize_critical_path
 
 __all__ = ["main", "TOOLS", "ToolMissing", "find_tool", "parse_engine", "REPORT_SCHEMA", "CORES",
            "abc9_workaround", "soc_params"]
@@ -404,6 +404,10 @@ def build(args) -> int:
         name = "sync" if eng is not None and net == eng.net else ("oscillator" if net in osc_nets else net)
         domains[name] = {"net": net, "target_mhz": c.constraint, "fmax_mhz": round(c.achieved, 3),
                          "met": c.met}
+    try:   # only informative: a path nextpnr wrote in an unexpected form leaves it out
+        cp_steps = rep.critical_path(eng.net) if eng else []
+    except ReportError:
+        cp_steps = []
     target = float(pll.f_out)
     timing_met = eng is not None and eng.achieved >= target and all(d["met"] for d in domains.values())
     report = {
@@ -428,7 +432,7 @@ def build(args) -> int:
         "seeds": [{"seed": r.seed, "fmax_mhz": r.fmax_mhz, "seconds": round(r.seconds, 1)} for r in runs],
         "best_seed": best.seed,
         "times_s": {k: round(v, 1) for k, v in times.items()},
-        "critical_path": _critical_path_json(rep.critical_path(eng.net) if eng else []),
+        "critical_path": _critical_path_json(cp_steps),
         "files": {"bitstream": "top.bit", "nextpnr_report": "nextpnr.json",
                   "nextpnr_log": best.log_path.name, "yosys_log": "yosys.log"},
     }
@@ -443,17 +447,16 @@ def build(args) -> int:
     return 0 if timing_met else 1
 
 
-def _critical_path_json(steps, top=3):
-    """The engine clock's critical path for report.json: totals, ends and the longest routes."""
-    if not steps:
+def _critical_path_json(steps):
+    """The engine clock's critical path for report.json (:func:`hw.reports.summarize_critical_path`)."""
+    cp = summarize_critical_path(steps)
+    if cp is None:
         return None
-    routes = sorted((s for s in steps if s.kind == "routing"), key=lambda s: -s.delay_ns)
     return {
-        "ns": round(sum(s.delay_ns for s in steps), 3),
-        "routing_ns": round(sum(s.delay_ns for s in routes), 3),
-        "from": steps[0].src, "to": steps[-1].dst,
+        "ns": round(cp["ns"], 3), "routing_ns": round(cp["routing_ns"], 3), "from": cp["from"], "to": cp["to"],
         "longest_routes": [{"net": s.net, "ns": round(s.delay_ns, 3), "from_loc": list(s.src_loc),
-                            "to_loc": list(s.dst_loc), "to": s.dst, "source": s.source} for s in routes[:top]],
+                            "to_loc": list(s.dst_loc), "to": s.dst, "source": s.source}
+                           for s in cp["longest_routes"]],
     }
 
 

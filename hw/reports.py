@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ClockFmax", "Utilization", "PnrReport", "PathStep", "parse_report", "load_report",
-           "format_critical_path", "RESOURCE_NAMES", "ReportError"]
+           "format_critical_path", "summarize_critical_path", "RESOURCE_NAMES", "ReportError"]
 
 _REPO_ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 
@@ -100,7 +100,10 @@ class PnrReport:
         for cp in self.critical_paths:
             ends = [str(cp.get(k, "")).split(" ", 1)[-1] for k in ("from", "to")]
             if ends == [clock_net, clock_net]:
-                return [PathStep.from_json(step) for step in cp.get("path", [])]
+                try:
+                    return [PathStep.from_json(step) for step in cp.get("path", [])]
+                except (AttributeError, TypeError, ValueError) as e:
+                    raise ReportError(f"malformed critical path in nextpnr report: {e!r}") from None
         return []
 
     def clock(self, *, exclude=()) -> ClockFmax | None:
@@ -133,16 +136,25 @@ class PathStep:
                    str(step.get("net", "")), str(sources[0]))
 
 
+def summarize_critical_path(steps: list, *, top: int = 3) -> dict | None:
+    """Totals, ends and the ``top`` longest routed nets of a critical path (``None`` if empty):
+    ``{"ns", "routing_ns", "routes", "from", "to", "longest_routes": [PathStep, ...]}``."""
+    if not steps:
+        return None
+    routes = [s for s in steps if s.kind == "routing"]
+    return {"ns": sum(s.delay_ns for s in steps), "routing_ns": sum(s.delay_ns for s in routes),
+            "routes": len(routes), "from": steps[0].src, "to": steps[-1].dst,
+            "longest_routes": sorted(routes, key=lambda s: -s.delay_ns)[:top]}
+
+
 def format_critical_path(steps: list, *, top: int = 3) -> list:
     """Lines describing a critical path: total, logic vs routing, start and end, the longest routes."""
-    if not steps:
+    cp = summarize_critical_path(steps, top=top)
+    if cp is None:
         return ["critical path: none in the report"]
-    total = sum(s.delay_ns for s in steps)
-    routes = [s for s in steps if s.kind == "routing"]
-    route_ns = sum(s.delay_ns for s in routes)
-    lines = [f"critical path {total:.2f} ns ({route_ns:.2f} ns routing in {len(routes)} nets, "
-             f"{total - route_ns:.2f} ns cells): {steps[0].src} -> {steps[-1].dst}"]
-    for s in sorted(routes, key=lambda s: -s.delay_ns)[:top]:
+    lines = [f"critical path {cp['ns']:.2f} ns ({cp['routing_ns']:.2f} ns routing in {cp['routes']} nets, "
+             f"{cp['ns'] - cp['routing_ns']:.2f} ns cells): {cp['from']} -> {cp['to']}"]
+    for s in cp["longest_routes"]:
         where = f" [{s.source}]" if s.source else ""
         lines.append(f"  route {s.delay_ns:5.2f} ns  {s.net}  {s.src_loc} -> {s.dst_loc} "
                      f"({s.dst}){where}")
@@ -194,13 +206,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         rep = load_report(args.report)
+        paths = {net: rep.critical_path(net) for net in rep.fmax}
     except (OSError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for net, clk in rep.fmax.items():
         target = f"{clk.constraint:.2f}" if clk.constraint is not None else "-"
         print(f"{net}: Fmax {clk.achieved:.2f} MHz (target {target} MHz)")
-        steps = rep.critical_path(net)
+        steps = paths[net]
         if args.all:
             for s in steps:
                 what = s.net if s.kind == "routing" else s.dst

@@ -332,6 +332,25 @@ def test_critical_path_steps():
     assert lines[0].startswith("critical path 6.00 ns (5.00 ns routing in 2 nets, 1.00 ns cells)")
     assert "far" in lines[1] and "(0, 0) -> (9, 9)" in lines[1] and "[x.py:1]" in lines[1]
     assert "near" in lines[2]
+    # a malformed step is a ReportError (one line from python -m hw.reports), not a deep traceback
+    bad = parse_report({"utilization": {}, "fmax": {"clk": {"achieved": 1, "constraint": 1}},
+                        "critical_paths": [{"from": "posedge clk", "to": "posedge clk",
+                                            "path": [{"type": "logic", "delay": "slow"}]}]})
+    with pytest.raises(ReportError, match="malformed critical path"):
+        bad.critical_path("clk")
+
+
+def test_reports_cli_bad_file(tmp_path):
+    """python -m hw.reports: a missing or malformed report is one error line and exit 2."""
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"utilization": {}, "fmax": {"clk": {"achieved": 1, "constraint": 1}},
+                               "critical_paths": [{"from": "posedge clk", "to": "posedge clk",
+                                                   "path": [{"delay": []}]}]}))
+    for path in (bad, tmp_path / "missing.json"):
+        r = subprocess.run([sys.executable, "-m", "hw.reports", str(path)], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 2 and r.stdout == ""
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
 
 
 def test_parse_report_errors(tmp_path):
