@@ -83,8 +83,9 @@ class Engine(wiring.Component):
     #: words of the FIFO between the activation-memory reader and the shift unit (covers the
     #: read latency, so that the reader keeps up one word per cycle)
     READ_FIFO_DEPTH = 8
-    #: cycles from an activation-memory read request to its data (port register + block RAM)
-    ACT_READ_LATENCY = 2
+    #: cycles from an activation-memory read request to its data (port register, block RAM, data
+    #: register: hw.sliced_memory.SlicedMemory with input and output registers)
+    ACT_READ_LATENCY = 3
     #: beats between the output path and the output stage (covers the beats in flight in the
     #: output path, so that the array drains one beat per cycle)
     BEAT_FIFO_DEPTH = 16
@@ -140,11 +141,15 @@ class Engine(wiring.Component):
 
         # ------------------------------------------------------------ memories
         # the two big memories as bit slices: no word multiplexer behind their block RAMs; both
-        # register their port inputs (replicated per slice group), so read data arrive two cycles
-        # after the request (ACT_READ_LATENCY; the feeder's WEIGHT_READ_LATENCY)
-        act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True)
+        # register their port inputs (replicated per slice group) and each slice's read data, so
+        # read data arrive three cycles after the request (ACT_READ_LATENCY; the feeder's
+        # WEIGHT_READ_LATENCY)
+        act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True,
+                           output_registers=True)
         weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight",
-                              input_registers=True)
+                              input_registers=True, output_registers=True)
+        assert act.read_latency == self.ACT_READ_LATENCY
+        assert weight.read_latency == self.feeder.WEIGHT_READ_LATENCY
         desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
         sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
         table = Memory(shape=TableEntry.size, depth=p.table_words, init=[])
@@ -289,10 +294,10 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
-        # Five register stages: Y registers the array beat with its absolute channel and pixel,
+        # Six register stages: Y registers the array beat with its absolute channel and pixel,
         # Z the word offset (the one multiply), A the output and residual addresses; the residual
-        # read (ACT_READ_LATENCY = 2) returns its word in C, and C's beat, address and residual go
-        # into the beat FIFO in front of the output stage. Every memory address and enable here starts at a
+        # read returns its word ACT_READ_LATENCY (3) stages later, in D, and D's beat, address and
+        # residual go into the beat FIFO in front of the output stage. Every memory address and enable here starts at a
         # flip-flop.
         mode = desc.out.mode
         ao = array.o.payload
@@ -305,15 +310,13 @@ class Engine(wiring.Component):
                         first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"),
                         ctx=Signal(name=f"{prefix}_ctx"))
 
-        y, z, a, b_, c = (stage_regs(n) for n in ("y", "z", "a", "b", "c"))
+        y, z, a = (stage_regs(n) for n in ("y", "z", "a"))
         y_pix = Signal(range(p.max_out_pixels + P))
         z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
-        b_addr = Signal.like(a_addr)
-        c_addr = Signal.like(a_addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
-        # beat only while the beat FIFO behind C has room for it and every beat in flight
+        # beat only while the beat FIFO behind D has room for it and every beat in flight
         # (credits, a register: array.o.ready is one LUT of flip-flops).
         D = self.BEAT_FIFO_DEPTH
         out_credits = Signal(range(D + 1), init=D)
@@ -345,22 +348,30 @@ class Engine(wiring.Component):
                                   Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off)))),
                 a_res_addr.eq(desc.res_base + z_word_off),
             ]
-        advance(b_, a["valid"], {k: a[k] for k in keys})
-        with m.If(a["valid"]):
-            m.d.sync += b_addr.eq(a_addr)
-        advance(c, b_["valid"], {**{k: b_[k] for k in keys},
-                                 "chan": b_["chan"] + Mux(b_["ctx"], desc.a_table_off, 0)})
-        with m.If(b_["valid"]):
-            m.d.sync += c_addr.eq(b_addr)
+        # B, C, D (ACT_READ_LATENCY stages): the beat and its output address wait for the residual
+        # word; the last of them moves an expand beat's channel to its table entries
+        tail, tail_addr = a, a_addr
+        waits = []
+        for k in range(self.ACT_READ_LATENCY):
+            name = chr(ord("b") + k)
+            st, st_addr = stage_regs(name), Signal.like(a_addr, name=f"{name}_addr")
+            values = {key: tail[key] for key in keys}
+            if k == self.ACT_READ_LATENCY - 1:
+                values["chan"] = tail["chan"] + Mux(tail["ctx"], desc.a_table_off, 0)
+            advance(st, tail["valid"], values)
+            with m.If(tail["valid"]):
+                m.d.sync += st_addr.eq(tail_addr)
+            waits.append(st)
+            tail, tail_addr = st, st_addr
         with m.If(start):
-            m.d.sync += [y["valid"].eq(0), z["valid"].eq(0), a["valid"].eq(0), b_["valid"].eq(0),
-                         c["valid"].eq(0)]
+            m.d.sync += [st["valid"].eq(0) for st in (y, z, a, *waits)]
         m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(1)]
 
-        # beat FIFO: B's beat with its output address and residual word, into the output stage
-        fields = [c["acc"], c["mask"], c["chan"], c["first"], c["last"], c["ctx"], c_addr, act_res.data]
+        # beat FIFO: D's beat with its output address and residual word, into the output stage
+        fields = [tail["acc"], tail["mask"], tail["chan"], tail["first"], tail["last"], tail["ctx"], tail_addr,
+                  act_res.data]
         m.submodules.beat_fifo = beat_fifo = SyncFIFOBuffered(width=len(Cat(*fields)), depth=D)
-        m.d.comb += [beat_fifo.w_data.eq(Cat(*fields)), beat_fifo.w_en.eq(c["valid"])]
+        m.d.comb += [beat_fifo.w_data.eq(Cat(*fields)), beat_fifo.w_en.eq(tail["valid"])]
         f_acc, f_mask, f_chan, f_first, f_last, f_ctx, f_addr, f_res = (
             Signal.like(f, name=f"fifo_{n}") for f, n in
             zip(fields, ("acc", "mask", "chan", "first", "last", "ctx", "addr", "res")))
@@ -381,7 +392,7 @@ class Engine(wiring.Component):
             byte = f_res[8 * k:8 * k + 8]
             m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
 
-        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(b_addr) + 1, depth=64)
+        m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(a_addr) + 1, depth=64)
         m.d.comb += [
             addr_fifo.w_data.eq(Cat(f_addr, f_ctx)),
             addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last | f_ctx)),
@@ -401,7 +412,7 @@ class Engine(wiring.Component):
         # results are written one cycle later from registers (the write enables of the activation
         # memory reach every block RAM of it, so they start at a flip-flop)
         wr_act, wr_raw, wr_mid = Signal(), Signal(), Signal()
-        wr_addr = Signal(len(b_addr))
+        wr_addr = Signal(len(a_addr))
         wr_bytes = Signal.like(out_bytes)
         wr_words = Signal.like(out_words)
         res_ctx = addr_fifo.r_data[-1]
@@ -444,16 +455,16 @@ class Engine(wiring.Component):
         }
         max_parts = max(parts_for(w) for w, _, _ in regions.values())
         staging = Signal(32 * max_parts)
-        read_pending = Signal()
-        read_pending2 = Signal()
-        read_pending3 = Signal()
+        # a read's request travels through read_pending[0..]: the big memories' port register,
+        # block-RAM read and data register (ACT_READ_LATENCY), then the region's word register;
+        # read_done: the register after the region multiplexer
+        read_pending = [Signal(name=f"read_pending{k}") for k in range(self.ACT_READ_LATENCY + 1)]
         read_done = Signal()
         host_owns = ~running
 
         # bus defaults for every port (the engine overrides below while running)
         bus_read = Signal()
-        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~read_pending & ~read_pending2 & ~read_pending3
-                                & ~read_done)
+        m.d.comb += bus_read.eq(bus.valid & ~bus.w_en & ~Cat(*read_pending).any() & ~read_done)
         csr_data = Signal(32)
         r_data_sel = Signal(32)
         bus_part = Signal(range(max_parts))   # part of a wide entry this bus word is
@@ -500,21 +511,19 @@ class Engine(wiring.Component):
             with m.Case(Csr.RUNS):
                 m.d.comb += csr_data.eq(runs)
 
-        # writes complete in their cycle; reads answer four cycles later (port register, memory
-        # read, the region's word register, then a register after the region multiplexer)
+        # writes complete in their cycle; reads answer five cycles later (port register, memory
+        # read, data register, the region's word register, then a register after the region
+        # multiplexer)
         read_data = Signal(32)
         data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)
         with m.If(bus.valid & bus.w_en):
             m.d.comb += bus.ready.eq(1)
         with m.Elif(bus.valid & read_done):
             m.d.comb += [bus.ready.eq(1), bus.r_data.eq(read_data)]
-        # (read_pending2: the activation memory's port register adds a cycle to every read;
-        # read_pending3: the region's word register)
         m.d.sync += [
-            read_pending.eq(bus_read),
-            read_pending2.eq(read_pending),
-            read_pending3.eq(read_pending2),
-            read_done.eq(read_pending3),
+            read_pending[0].eq(bus_read),
+            *(read_pending[k].eq(read_pending[k - 1]) for k in range(1, len(read_pending))),
+            read_done.eq(read_pending[-1]),
             read_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0))),
         ]
 

@@ -263,25 +263,20 @@ class OutputStage(wiring.Component):
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
 
-        # stage 0: the beat as accepted, while the table read is in flight
-        v0 = Signal()
-        chan0 = Signal.like(ip.chan)
-        mask0 = Signal.like(ip.mask)
-        pf0, pl0, last0, alt0 = Signal(), Signal(), Signal(), Signal()
-        acc0 = Signal.like(ip.acc)
-        res0 = Signal(self._residual_layout)
-        m.d.sync += [v0.eq(accept), chan0.eq(ip.chan), mask0.eq(ip.mask), pf0.eq(ip.pool_first),
-                     pl0.eq(ip.pool_last), last0.eq(ip.last), alt0.eq(ip.alt), acc0.eq(ip.acc),
-                     res0.eq(Mux(need_res, self.r.payload.as_value(), 0))]
-        # stage 1: the beat with its table entry (registered from the table's read data)
-        v1 = Signal()
-        chan1 = Signal.like(ip.chan)
-        mask1 = Signal.like(ip.mask)
-        pf1, pl1, last1, alt1 = Signal(), Signal(), Signal(), Signal()
-        acc1 = Signal.like(ip.acc)
-        res1 = Signal(self._residual_layout)
-        m.d.sync += [v1.eq(v0), chan1.eq(chan0), mask1.eq(mask0), pf1.eq(pf0), pl1.eq(pl0),
-                     last1.eq(last0), alt1.eq(alt0), acc1.eq(acc0), res1.eq(res0)]
+        # stage 0: the beat as accepted, while the table read is in flight; stage 1: the beat
+        # with its table entry (registered from the table's read data)
+        res_in = Signal(self._residual_layout)
+        m.d.comb += res_in.eq(Mux(need_res, self.r.payload.as_value(), 0))
+        beat = dict(v=accept, chan=ip.chan, mask=ip.mask, pf=ip.pool_first, pl=ip.pool_last, last=ip.last,
+                    alt=ip.alt, acc=ip.acc, res=res_in)
+
+        def register_beat(src, n):
+            regs = {k: Signal.like(val, name=f"{k}{n}") for k, val in src.items()}
+            m.d.sync += [regs[k].eq(val) for k, val in src.items()]
+            return regs
+
+        beat1 = register_beat(register_beat(beat, 0), 1)
+        v1, chan1, mask1, pf1, pl1, last1, alt1, acc1, res1 = beat1.values()
 
         # control, delayed alongside the datapath; stage numbers from here on count from stage 1,
         # so the beat leaves in stage LATENCY - 1

@@ -25,6 +25,13 @@ keeps the copies apart and the placer puts each next to its block RAMs). One
 flip-flop driving the address pins of 128 block RAMs spread over the 85F cost
 a 17 ns route. The price is one cycle: a write lands one cycle later, and read
 data updates two cycles after ``en``.
+
+With ``output_registers=True`` every slice's read data (after its block RAMs and
+their depth multiplexer, if any) passes through a register, which the placer
+keeps beside the slice's blocks: a block RAM's read data leave it about 5.6 ns
+after the clock edge (DP16KD without its own output register), too late to
+cross the die to a FIFO or a multiplexer in the same cycle. Another cycle:
+read data update ``read_latency`` cycles after ``en`` (3 with both options).
 """
 
 from __future__ import annotations
@@ -86,9 +93,13 @@ class SlicedMemory(Elaboratable):
     """
 
     def __init__(self, *, width: int, depth: int, read_ports: int = 1, slice_bits: int | None = None,
-                 name: str = "mem", input_registers: bool = False, slices_per_copy: int = 4):
+                 name: str = "mem", input_registers: bool = False, output_registers: bool = False,
+                 slices_per_copy: int = 4):
         self.width, self.depth = width, depth
         self.input_registers = input_registers
+        self.output_registers = output_registers
+        #: cycles from a read port's ``en`` to its ``data``
+        self.read_latency = 1 + int(input_registers) + int(output_registers)
         self.slices_per_copy = slices_per_copy
         self.slice_bits = slice_bits or slice_bits_for(depth, width)
         self.name = name
@@ -123,5 +134,11 @@ class SlicedMemory(Elaboratable):
             m.d.comb += [wr.addr.eq(w_ctl[s][0]), wr.data.eq(w_data), wr.en.eq(w_ctl[s][1])]
             for port, ctl in zip(self.reads, r_ctl):
                 rd = mem.read_port(transparent_for=())
-                m.d.comb += [rd.addr.eq(ctl[s][0]), rd.en.eq(ctl[s][1]), port.data[lo:hi].eq(rd.data)]
+                m.d.comb += [rd.addr.eq(ctl[s][0]), rd.en.eq(ctl[s][1])]
+                if self.output_registers:
+                    data_q = Signal(hi - lo, name=f"{port.data.name}_q{lo}")
+                    m.d.sync += data_q.eq(rd.data)
+                    m.d.comb += port.data[lo:hi].eq(data_q)
+                else:
+                    m.d.comb += port.data[lo:hi].eq(rd.data)
         return m

@@ -21,10 +21,11 @@ together with ``Q`` weights. The feeder sits between them:
   first output pixel and ``g`` for the output side.
 
 The read side is a pipeline that never stalls: a beat is issued only against
-a credit for a place in a small FIFO in front of the array (``OUT_FIFO_DEPTH``),
-and both memories answer two cycles after the issue (the weight memory
-registers its inputs, replicated next to its block RAMs; the tile-buffer
-address is registered), when the beat enters the FIFO. So no memory address or
+a credit for a place in a small FIFO in front of the array (``OUT_FIFO_DEPTH``).
+The weight memory answers ``WEIGHT_READ_LATENCY`` (3) cycles after the issue
+(it registers its inputs, replicated next to its block RAMs, and each slice's
+read data); the tile buffer answers in two (its address is registered) and its
+bytes wait one more register, so both enter the FIFO together. So no memory address or
 enable depends on the array's ``ready``, and back-pressure from the array (it
 refuses a ``last`` beat while its shadow bank is busy) only stops the issue once
 the FIFO's credits are used up.
@@ -115,19 +116,20 @@ class TileFeeder(wiring.Component):
         Pulse before a layer: resets both sides.
     w_addr, w_en : Out
         Weight memory read port (address, enable); ``w_data`` must be its data
-        two cycles after an enabled read (``WEIGHT_READ_LATENCY``: a memory
-        with registered inputs).
+        ``WEIGHT_READ_LATENCY`` cycles after an enabled read (a
+        :class:`hw.sliced_memory.SlicedMemory` with input and output registers).
     w_data : In(Q * 8)
     beats : Out(32)
         Array beats accepted since ``start`` (for the layer counters).
     """
 
-    #: cycles from ``w_en`` to the weight word on ``w_data``
-    WEIGHT_READ_LATENCY = 2
-    #: beats of the FIFO in front of the array. A credit goes round in 5 cycles (issue in t, the
-    #: beat enters the FIFO in t + 2, reaches its output register in t + 4 and is popped; the
-    #: credit counts again in t + 5), so 5 keep one beat per cycle (4 cost a fifth of the throughput)
-    OUT_FIFO_DEPTH = 5
+    #: cycles from ``w_en`` to the weight word on ``w_data`` (at least 2, the tile buffer's)
+    WEIGHT_READ_LATENCY = 3
+    #: beats of the FIFO in front of the array. A credit goes round in latency + 3 cycles (issue in
+    #: t, the beat enters the FIFO in t + 3, reaches its output register in t + 5 and is popped;
+    #: the credit counts again in t + 6), so 6 keep one beat per cycle (one fewer costs a sixth of
+    #: the throughput)
+    OUT_FIFO_DEPTH = WEIGHT_READ_LATENCY + 3
 
     def __init__(self, params: EngineParams, array_input_layout):
         self._p = params
@@ -332,9 +334,9 @@ class TileFeeder(wiring.Component):
         # The read pipeline never stalls: a beat is issued only against a credit for a place in
         # the output FIFO, so no enable or address depends on the array's ready. Issue (cycle t):
         # the weight address goes to the weight memory, whose replicated input registers take it
-        # at the end of t, and the bank address into a register; both memories deliver in t + 2,
-        # when the beat (the tile's bytes, its weights and what travelled beside them) is written
-        # into the FIFO in front of the array.
+        # at the end of t, and the bank address into a register; the banks deliver in t + 2, the
+        # weight memory in t + WEIGHT_READ_LATENCY, when the beat (the tile's bytes, its weights
+        # and what travelled beside them) is written into the FIFO in front of the array.
         credits = Signal(range(self.OUT_FIFO_DEPTH + 1), init=self.OUT_FIFO_DEPTH)
         pop = Signal()
         issue = Signal()
@@ -385,20 +387,29 @@ class TileFeeder(wiring.Component):
         side1 = Cat(lane1, last1, npix1, nchan1, signed1, tag1.as_value())
         side2 = Signal.like(side1)
         m.d.sync += [v2.eq(v1), side2.eq(side1)]
-        lane2, last2, npix2, nchan2, signed2, tag2 = (
-            side2[lo:lo + len(f)] for lo, f in _offsets(lane1, last1, npix1, nchan1, signed1, tag1.as_value()))
+        lane2 = side2[:len(lane1)]
 
-        # cycle t + 2: the beat into the output FIFO
-        op = self.o.payload
+        # cycle t + 2: the tile's bytes; they and what goes beside them wait for the weights
+        valid, side = v2, side2
         acts = Cat(rd.data.word_select(lane2, 8) if L > 1 else rd.data for _, rd in banks)
-        beat = Cat(acts, self.w_data, last2, npix2, nchan2, signed2, tag2)
+        for k in range(3, self.WEIGHT_READ_LATENCY + 1):
+            valid_k, side_k = Signal(name=f"v{k}"), Signal.like(side, name=f"side{k}")
+            acts_k = Signal.like(acts, name=f"acts{k}")
+            m.d.sync += [valid_k.eq(valid), side_k.eq(side), acts_k.eq(acts)]
+            valid, side, acts = valid_k, side_k, acts_k
+        _, last_w, npix_w, nchan_w, signed_w, tag_w = (
+            side[lo:lo + len(f)] for lo, f in _offsets(lane1, last1, npix1, nchan1, signed1, tag1.as_value()))
+
+        # cycle t + WEIGHT_READ_LATENCY: the beat into the output FIFO
+        op = self.o.payload
+        beat = Cat(acts, self.w_data, last_w, npix_w, nchan_w, signed_w, tag_w)
         m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=len(beat), depth=self.OUT_FIFO_DEPTH)
         f_acts, f_w, f_last, f_npix, f_nchan, f_signed, f_tag = (
             out_fifo.r_data[lo:lo + len(f)]
-            for lo, f in _offsets(acts, self.w_data, last2, npix2, nchan2, signed2, tag2))
+            for lo, f in _offsets(acts, self.w_data, last_w, npix_w, nchan_w, signed_w, tag_w))
         m.d.comb += [
             out_fifo.w_data.eq(beat),
-            out_fifo.w_en.eq(v2),
+            out_fifo.w_en.eq(valid),
             self.o.valid.eq(out_fifo.r_rdy),
             out_fifo.r_en.eq(self.o.ready),
             pop.eq(out_fifo.r_rdy & self.o.ready),

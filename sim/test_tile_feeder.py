@@ -3,8 +3,8 @@
 The engine tests (test_engine.py) check every stored word, but a feeder that
 delivers the right beats at a lower rate passes them; here the feeder runs one
 plain 1x1 layer into an always-ready sink, behind the engine's weight memory
-(``hw.sliced_memory.SlicedMemory`` with input registers: two cycles of read
-latency), and must hand over a tile's beats back to back (one per cycle, after
+(``hw.sliced_memory.SlicedMemory`` with input and output registers: three
+cycles of read latency), and must hand over a tile's beats back to back (one per cycle, after
 the first) with the right bytes and weight words.
 """
 
@@ -39,10 +39,11 @@ def test_feeder_beats_are_back_to_back_with_their_weights():
     feeder = TileFeeder(PARAMS, array.input_layout)
     m = Module()
     m.submodules.feeder = feeder
-    # the weight memory the engine builds (registered inputs, then the block RAMs' read), loaded
-    # through its write port before the layer starts
+    # the weight memory the engine builds (registered inputs, the block RAMs' read, registered
+    # data), loaded through its write port before the layer starts
     wmem = m.submodules.wmem = SlicedMemory(width=8 * Q, depth=PARAMS.weight_words, name="weight",
-                                            input_registers=True)
+                                            input_registers=True, output_registers=True)
+    assert wmem.read_latency == TileFeeder.WEIGHT_READ_LATENCY
     (rd,) = wmem.reads
     m.d.comb += [rd.addr.eq(feeder.w_addr), rd.en.eq(feeder.w_en), feeder.w_data.eq(rd.data)]
 

@@ -21,12 +21,14 @@ def test_slices_use_the_fewest_block_rams(depth, width, bits, blocks):
     assert sliced_blocks(width, depth) == blocks
 
 
-@pytest.mark.parametrize("input_registers", [False, True])
-def test_a_sliced_memory_reads_back_what_was_written(input_registers):
+@pytest.mark.parametrize("input_registers, output_registers", [(False, False), (True, False), (True, True)])
+def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_registers):
     depth, width = 12288, 12             # 4-bit slices, three of them, each 3 blocks deep
-    mem = SlicedMemory(width=width, depth=depth, read_ports=2, name="m", input_registers=input_registers)
+    mem = SlicedMemory(width=width, depth=depth, read_ports=2, name="m", input_registers=input_registers,
+                       output_registers=output_registers)
     assert mem.slice_bits == 4
-    latency = 2 if input_registers else 1
+    latency = 1 + input_registers + output_registers
+    assert mem.read_latency == latency
     rng = random.Random(5)
     model = {}
 
@@ -41,14 +43,19 @@ def test_a_sliced_memory_reads_back_what_was_written(input_registers):
             model[a] = v
         ctx.set(mem.write.en, 0)
         await ctx.tick().repeat(2)
-        for a in addrs:
-            b = rng.choice(addrs)
-            for port, addr in zip(mem.reads, (a, b)):
-                ctx.set(port.addr, addr)
-                ctx.set(port.en, 1)
-            await ctx.tick().repeat(latency)
-            assert ctx.get(mem.reads[0].data) == model[a], f"address {a}"
-            assert ctx.get(mem.reads[1].data) == model[b], f"address {b}"
+        # one read per port and cycle, back to back: each word appears exactly `latency` cycles
+        # after its request (so a wrong latency reads a neighbour's word)
+        requests = [(a, rng.choice(addrs)) for a in addrs]
+        for cycle in range(len(requests) + latency):
+            if cycle < len(requests):
+                for port, addr in zip(mem.reads, requests[cycle]):
+                    ctx.set(port.addr, addr)
+                    ctx.set(port.en, 1)
+            if cycle >= latency:
+                for k, port in enumerate(mem.reads):
+                    addr = requests[cycle - latency][k]
+                    assert ctx.get(port.data) == model[addr], f"port {k} address {addr} (cycle {cycle})"
+            await ctx.tick()
 
     sim = Simulator(mem)
     sim.add_clock(1e-6)
