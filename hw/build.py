@@ -506,7 +506,7 @@ def _positive_int(text: str) -> int:
     return n
 
 def _per_part(table, unit=""):
-    """``"54 MHz on the 85F, 66 MHz on the 45F"`` from a per-part table of hw.soc."""
+    """``"60 MHz on the 85F, 75 MHz on the 45F"`` from a per-part table of hw.soc."""
     def text(v):
         return format(v, "g") if isinstance(v, (int, float)) else str(v)
     return ", ".join(f"{text(v)}{unit} on the {part.removeprefix('LFE5U-')}" for part, v in table.items())
