@@ -117,3 +117,44 @@ def test_tensor_memory_is_reused():
             if name and out.region == shared.places[name].region:
                 src = shared.places[name]
                 assert out.base + out.words <= src.base or src.base + src.words <= out.base
+
+
+def test_host_reads_back_every_memory_region():
+    """Bus writes then reads of every writable region (bursts and single words, regions interleaved).
+
+    Entries wider than 32 bits take ``parts_for(width)`` words (a power of two), least significant
+    first; bits beyond the entry's width read back as 0.
+    """
+    from hw.engine_params import Region, parts_for, region_addr
+    from hw.output_stage import TableEntry
+
+    params = EngineParams(rows=2, cols=4, lanes=4, **TINY)
+    engine = Engine(params)
+    widths = {Region.DESC: 32, Region.SCHED: engine.shift.slot_layout.size, Region.TABLE: TableEntry.size,
+              Region.WEIGHT: 8 * params.cols, Region.ACT: 8 * params.lanes, Region.LOGITS: 32 * params.lanes}
+    depths = {Region.DESC: 16, Region.SCHED: params.sched_words, Region.TABLE: params.table_words,
+              Region.WEIGHT: params.weight_words, Region.ACT: params.act_words, Region.LOGITS: params.logit_words}
+    rng = np.random.default_rng(11)
+    stored = {}    # (region, word offset) -> expected word
+
+    def host(link):
+        for region, width in widths.items():
+            k = parts_for(width)
+            entry = int(rng.integers(0, depths[region] - 3))
+            words = [int(w) for w in rng.integers(0, 1 << 32, size=3 * k, dtype=np.uint64)]
+            link.write(region_addr(region, entry * k), words)
+            for i, w in enumerate(words):
+                bits = min(32, max(0, width - 32 * (i % k)))     # of this part of the entry
+                stored[(region, entry * k + i)] = w & ((1 << bits) - 1)
+        # bursts, region by region, then single words in a shuffled order across regions
+        for region in widths:
+            offsets = sorted(o for r, o in stored if r == region)
+            got = link.read(region_addr(region, offsets[0]), len(offsets))
+            assert got == [stored[(region, o)] for o in offsets], f"region {region}"
+        keys = list(stored)
+        for i in rng.permutation(len(keys)):
+            region, offset = keys[i]
+            assert link.read(region_addr(region, offset), 1) == [stored[keys[i]]], f"region {region} word {offset}"
+        return True
+
+    assert run_with_bus(engine, host)
