@@ -455,10 +455,11 @@ class Engine(wiring.Component):
         }
         max_parts = max(parts_for(w) for w, _, _ in regions.values())
         staging = Signal(32 * max_parts)
-        # a read's request travels through read_pending[0..]: the big memories' port register,
-        # block-RAM read and data register (ACT_READ_LATENCY), then the region's word register;
-        # read_done: the register after the region multiplexer
-        read_pending = [Signal(name=f"read_pending{k}") for k in range(self.ACT_READ_LATENCY + 1)]
+        # a read's request travels through read_pending[0..]: the slowest memory's read (the big
+        # memories' port register, block-RAM read and data register), then the region's word
+        # register; read_done: the register after the region multiplexer
+        slowest_read = max(act.read_latency, weight.read_latency)
+        read_pending = [Signal(name=f"read_pending{k}") for k in range(slowest_read + 1)]
         read_done = Signal()
         host_owns = ~running
 

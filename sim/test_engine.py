@@ -125,14 +125,14 @@ def test_host_reads_back_every_memory_region():
     Entries wider than 32 bits take ``parts_for(width)`` words (a power of two), least significant
     first; bits beyond the entry's width read back as 0.
     """
-    from hw.engine_params import Region, parts_for, region_addr
+    from hw.engine_params import DESC_WORDS, Region, parts_for, region_addr
     from hw.output_stage import TableEntry
 
     params = EngineParams(rows=2, cols=4, lanes=4, **TINY)
     engine = Engine(params)
     widths = {Region.DESC: 32, Region.SCHED: engine.shift.slot_layout.size, Region.TABLE: TableEntry.size,
               Region.WEIGHT: 8 * params.cols, Region.ACT: 8 * params.lanes, Region.LOGITS: 32 * params.lanes}
-    depths = {Region.DESC: 16, Region.SCHED: params.sched_words, Region.TABLE: params.table_words,
+    depths = {Region.DESC: params.max_layers * DESC_WORDS, Region.SCHED: params.sched_words, Region.TABLE: params.table_words,
               Region.WEIGHT: params.weight_words, Region.ACT: params.act_words, Region.LOGITS: params.logit_words}
     rng = np.random.default_rng(11)
     stored = {}    # (region, word offset) -> expected word
