@@ -18,7 +18,10 @@
 # CPU smoke test: EXTRA="--device cpu --limit-train-batches 3 --limit-eval-batches 1").
 # If OUT is set, the finished runs are packed there as tarballs after every phase.
 # If TOTAL is set (seconds), phases B and C shrink so that the campaign ends within it.
-# SECONDS_A = 0 skips phase A (float runs already in WORKDIR/runs); SECONDS_C = 0 skips phase C (fold-BN fine-tuning can then run elsewhere, e.g. a CPU).
+# SECONDS_A = 0 skips phase A and starts from the float runs already in WORKDIR/runs (a
+# campaign split over two calls); SECONDS_C = 0 skips phase C (fold elsewhere, e.g. a CPU).
+# Brevitas must be importable by $PYTHON: install the wheels with `python3 -m pip`, not a
+# bare `pip`, which may belong to another Python.
 set -u
 W=${1:?usage: gpu_campaign.sh WORKDIR [SECONDS_A SECONDS_B SECONDS_C]}
 TA=${2:-220}; TB=${3:-100}; TC=${4:-40}
@@ -81,12 +84,14 @@ QAT="$COMMON --batch-size 256 --lr 0.02 --warmup 0.5 --scaling po2 --calibrate-b
 FOLD="$COMMON --batch-size 256 --lr 0.0005 --scaling po2 --fold-bn"
 
 if [ "$TA" -gt 0 ]; then
-echo "== phase A (float, ${TA}s) $(date -u +%T)"
-train c10e6-float "$C10" "$TA" --model shiftresnet20 --expansion 6 --dataset cifar10 $FLOAT
-train c10e1-float "$C10" "$TA" --model shiftresnet20 --expansion 1 --dataset cifar10 $FLOAT
-train fme3-float "$FM" "$TA" --model shiftresnet20 --expansion 3 --dataset fashion-mnist $FLOAT
-wait; pack; summary
-else echo "== phase A skipped (SECONDS_A = 0): float runs taken from $R"; fi
+    echo "== phase A (float, ${TA}s) $(date -u +%T)"
+    train c10e6-float "$C10" "$TA" --model shiftresnet20 --expansion 6 --dataset cifar10 $FLOAT
+    train c10e1-float "$C10" "$TA" --model shiftresnet20 --expansion 1 --dataset cifar10 $FLOAT
+    train fme3-float "$FM" "$TA" --model shiftresnet20 --expansion 3 --dataset fashion-mnist $FLOAT
+    wait; pack; summary
+else
+    echo "== phase A skipped (SECONDS_A = 0): float runs taken from $R"
+fi
 
 TB=$(fit "$TB" $OVERHEAD_B $(( TC > 0 ? TC + OVERHEAD_C : 0 )))
 echo "== phase B (QAT, ${TB}s) $(date -u +%T)"
@@ -102,7 +107,9 @@ for fam in c10e6:cifar10:6 c10e1:cifar10:1 fme3:fashion-mnist:3; do
 done
 wait; pack; summary
 
-if [ "$TC" -le 0 ]; then echo "== phase C skipped (SECONDS_C = 0)"; echo "== done $(date -u +%T)"; exit 0; fi
+if [ "$TC" -le 0 ]; then
+    echo "== phase C skipped (SECONDS_C = 0)"; echo "== done $(date -u +%T)"; exit 0
+fi
 TC=$(fit "$TC" $OVERHEAD_C 0)
 echo "== phase C (fold BN, ${TC}s) $(date -u +%T)"
 for run in c10e6-w8a8 c10e6-w4a4 c10e1-w8a8 c10e1-w4a4 fme3-w8a8; do
