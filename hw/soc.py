@@ -158,26 +158,27 @@ SOC_PARAMS = {
 SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
 
 #: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides), each a
-#: clock whose build met timing and that makes 3 Mbaud with an integer divisor. The 85F SoC built
-#: at 60 MHz (the PLL makes exactly 60, x12/5; 20 cycles per UART bit, exact) met timing with Fmax
-#: 65.87 MHz (docs/BUILD.md, t25, the big memories' read data registered; before that 54.17 MHz,
-#: t24 s2: 56.00 MHz; until the seventh session 45 MHz, t19: 52.24 MHz). The 45F
+#: clock whose build met timing and that makes 3 Mbaud within 2 %. The 85F SoC built at 62.5 MHz
+#: (the PLL makes exactly 62.5, x5/2; 21 cycles per UART bit, -0.8 %) met timing with Fmax
+#: 66.15 MHz (docs/BUILD.md, t29; at 60 MHz, t25: 65.87 MHz, the big memories' read data
+#: registered; before that 54.17 MHz, t24 s2: 56.00 MHz; until the seventh session 45 MHz, t19:
+#: 52.24 MHz). The 45F
 #: SoC built at 75 MHz (the PLL makes exactly 75, x3/8; 25 cycles per bit, exact) met timing with
 #: Fmax 76.52 MHz (docs/BUILD.md, 45F t8, the big memories' read data registered; before that
 #: 66 MHz, t7: 71.83 MHz). The smaller parts were not measured; they keep 36 MHz (35.71 MHz, x10/7,
 #: 12 cycles per bit, -0.8 %).
-SOC_CLOCK_MHZ = {"LFE5U-85F": 60.0, "LFE5U-45F": 75.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
+SOC_CLOCK_MHZ = {"LFE5U-85F": 62.5, "LFE5U-45F": 75.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
 #: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1): the seed it was
-#: measured to route with at its default clock (85F: t25, 65.87 MHz; 45F: t8, 76.52 MHz;
+#: measured to route with at its default clock (85F: t29, 66.15 MHz; 45F: t8, 76.52 MHz;
 #: docs/BUILD.md). nextpnr is deterministic for a given design, seed and thread count, so the
 #: default build reproduces the measured one.
 SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 2}
 
 #: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). router2
 #: diverged on both SoCs (45F t1, t2; 85F t22 s2, s3 and earlier runs), router1 routed every
-#: build it was given: the 45F (t3-t8, 5-15 minutes of routing) and the 85F (t23-t25,
-#: 18-25 minutes of routing beside other builds; docs/BUILD.md).
+#: build it was given: the 45F (t3-t8, 5-15 minutes of routing) and the 85F (t23-t29,
+#: 14-26 minutes of routing, most of them beside other builds; docs/BUILD.md).
 SOC_ROUTER = {"LFE5U-85F": "router1", "LFE5U-45F": "router1"}
 
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.
