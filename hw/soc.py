@@ -178,7 +178,7 @@ SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 2}
 #: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). router2
 #: diverged on both SoCs (45F t1, t2; 85F t22 s2, s3 and earlier runs), router1 routed every
 #: build it was given: the 45F (t3-t8, 5-15 minutes of routing) and the 85F (t23-t29,
-#: 14-26 minutes of routing, most of them beside other builds; docs/BUILD.md).
+#: 14-27 minutes of routing, most of them beside other builds; docs/BUILD.md).
 SOC_ROUTER = {"LFE5U-85F": "router1", "LFE5U-45F": "router1"}
 
 #: A tiny SoC (``--core soc --reduced``): a quick check of the whole flow, not a useful engine.

@@ -3,7 +3,8 @@
 A card gathers what reproduces and judges a ``.shiftprog``: the training
 command and summary of each stage (from the stage's ``result.json`` written by
 :mod:`quant.train`), the export command and the full-test-set evaluation (the
-``--json`` file of :mod:`quant.evaluate`)::
+``--json`` file of :mod:`quant.evaluate`; if it evaluated a copy at another path, the
+copy must hold the same bytes, and the card names the program)::
 
     python -m quant.model_card models/trained/NAME.shiftprog \\
         --stage runs/a --stage runs/a_fold --evaluate runs/a_fold/evaluate.json \\
@@ -38,12 +39,23 @@ def card(program: str, stages: list[Path], evaluate: Path, export: str, evaluate
         if not result.get("finished", False):
             raise SystemExit(f"model_card: {run_dir} did not finish training")
         stage_summaries.append({k: result[k] for k in STAGE_FIELDS if k in result})
+    evaluation = _load(evaluate, "evaluation")
+    evaluated = evaluation.get("program")
+    if evaluated and evaluated != program:
+        # evaluated as a staged copy (e.g. before it was committed): only the same bytes count
+        try:
+            same = Path(evaluated).read_bytes() == Path(program).read_bytes()
+        except OSError as e:
+            raise SystemExit(f"model_card: cannot compare the evaluated program with {program}: {e}")
+        if not same:
+            raise SystemExit(f"model_card: {evaluate} evaluated {evaluated}, which differs from {program}")
+        evaluation["program"] = program
     return {
         "program": program,
         "stages": stage_summaries,
         "export": export,
         "evaluate_command": evaluate_command,
-        "evaluate": _load(evaluate, "evaluation"),
+        "evaluate": evaluation,
         "note": note,
     }
 

@@ -9,7 +9,8 @@
 #
 # Each run trains for a time budget (quant.train --time-budget), so the whole campaign
 # ends on time whatever the GPU's speed; result.json records the epochs it reached.
-# A run whose input checkpoint is missing falls back to training from scratch.
+# A QAT or fold run whose input checkpoint is missing (its earlier run failed) falls back
+# to training from scratch.
 #
 #   bash quant/recipes/gpu_campaign.sh WORKDIR [SECONDS_A SECONDS_B SECONDS_C]
 #
@@ -35,6 +36,15 @@ START=$(date +%s); TOTAL=${TOTAL:-0}
 # QAT calibration, validation and test passes), as measured in the first campaign on an
 # H100 (docs/TRAINING.md): QAT's is large (calibration and slow fake-quant evaluation).
 OVERHEAD_B=120; OVERHEAD_C=25
+for v in "$TA" "$TB" "$TC" "$TOTAL"; do
+    case $v in ''|*[!0-9]*) echo "gpu_campaign.sh: budgets are whole seconds, got '$v'" >&2; exit 2;; esac
+done
+if [ "$TA" -eq 0 ]; then  # a split campaign: its float runs must be there, not silently retrained
+    for f in c10e6 c10e1 fme3; do
+        [ -f "$R/$f-float/best.pt" ] || {
+            echo "gpu_campaign.sh: SECONDS_A = 0 needs the float run $R/$f-float (best.pt)" >&2; exit 2; }
+    done
+fi
 mkdir -p "$R" "$W/logs"
 export SHIFTFPGA_CACHE=$W/cache PYTHONUNBUFFERED=1
 
