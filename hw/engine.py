@@ -49,7 +49,7 @@ stay accessible). Register map: :class:`hw.engine_params.Csr`.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -83,9 +83,13 @@ class Engine(wiring.Component):
     #: words of the FIFO between the activation-memory reader and the shift unit (covers the
     #: read latency, so that the reader keeps up one word per cycle)
     READ_FIFO_DEPTH = 8
-    #: cycles from an activation-memory read request to its data (port register, block RAM, data
-    #: register: hw.sliced_memory.SlicedMemory with input and output registers)
-    ACT_READ_LATENCY = 3
+    #: register stages behind each slice of the two big memories' read data (hw/sliced_memory.py:
+    #: with one, nextpnr placed it at the consumer's end of the die, 6.85 ns of route from its block
+    #: RAM on the 85F; two split that way)
+    MEMORY_OUTPUT_REGISTERS = 2
+    #: cycles from an activation-memory read request to its data (port register, block RAM, two data
+    #: registers: hw.sliced_memory.SlicedMemory with input and output registers)
+    ACT_READ_LATENCY = 2 + MEMORY_OUTPUT_REGISTERS
     #: beats between the output path and the output stage (covers the beats in flight in the
     #: output path, so that the array drains one beat per cycle)
     BEAT_FIFO_DEPTH = 16
@@ -141,13 +145,13 @@ class Engine(wiring.Component):
 
         # ------------------------------------------------------------ memories
         # the two big memories as bit slices: no word multiplexer behind their block RAMs; both
-        # register their port inputs (replicated per slice group) and each slice's read data, so
-        # read data arrive three cycles after the request (ACT_READ_LATENCY; the feeder's
+        # register their port inputs (replicated per slice group) and each slice's read data twice,
+        # so read data arrive four cycles after the request (ACT_READ_LATENCY; the feeder's
         # WEIGHT_READ_LATENCY)
         act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True,
-                           output_registers=True)
+                           output_registers=self.MEMORY_OUTPUT_REGISTERS)
         weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight",
-                              input_registers=True, output_registers=True)
+                              input_registers=True, output_registers=self.MEMORY_OUTPUT_REGISTERS)
         assert act.read_latency == self.ACT_READ_LATENCY
         assert weight.read_latency == self.feeder.WEIGHT_READ_LATENCY
         desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
@@ -222,27 +226,52 @@ class Engine(wiring.Component):
             with m.If(a_left == 1):
                 m.d.sync += a_active.eq(0)
 
-        def rd_step(nxt):
-            # the next read address, wrapped at the end of the mid ring (ring_end = act_words,
-            # never reached, for an ordinary pass)
-            m.d.sync += rd_addr.eq(Mux(nxt == desc.ring_end, desc.in_base, nxt))
+        # The next address in one adder: the three steps (next word, next pixel, next row), the
+        # last word/pixel/row indices and the wrap points (rd_addr == ring_end - step: the next
+        # address would be ring_end) are the layer's constants, registered at start; the step is
+        # chosen by two comparisons of registers (t26's critical path was the adder chain
+        # rd_addr + 1 + rd_skip + rd_row_skip and the wrap comparison behind it).
+        step_pix = Signal(len(rd_addr) + 1)
+        step_row = Signal(len(rd_addr) + 2)
+        wrap_shape = signed(max(len(desc.ring_end), len(step_row)) + 1)
+        wrap_word, wrap_pix, wrap_row = (Signal(wrap_shape, name=f"rd_wrap_{n}") for n in ("word", "pix", "row"))
+        last_w, last_x, last_y = Signal.like(rd_w), Signal.like(rd_x), Signal.like(rd_y)
+        with m.If(start):
+            m.d.sync += [
+                step_pix.eq(1 + desc.rd_skip),
+                step_row.eq(1 + desc.rd_skip + desc.rd_row_skip),
+                wrap_word.eq(desc.ring_end - 1),
+                wrap_pix.eq(desc.ring_end - 1 - desc.rd_skip),
+                wrap_row.eq(desc.ring_end - 1 - desc.rd_skip - desc.rd_row_skip),
+                last_w.eq(desc.shift.in_beats - 1),
+                last_x.eq(desc.shift.width - 1),
+                last_y.eq(desc.shift.height - 1),
+            ]
+        w_more, x_more = Signal(), Signal()
+        m.d.comb += [w_more.eq(rd_w != last_w), x_more.eq(rd_x != last_x)]
+        rd_step = Signal.like(step_row)
+        rd_wrap_at = Signal(wrap_shape)
+        m.d.comb += [
+            rd_step.eq(Mux(w_more, 1, Mux(x_more, step_pix, step_row))),
+            rd_wrap_at.eq(Mux(w_more, wrap_word, Mux(x_more, wrap_pix, wrap_row))),
+        ]
 
         with m.If(start):
             m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1),
                          rd_pix.eq(0)]
         with m.Elif(rd_issue):
-            with m.If(rd_w + 1 != desc.shift.in_beats):
+            # wrapped at the end of the mid ring (ring_end = act_words, never reached, for an
+            # ordinary pass)
+            m.d.sync += rd_addr.eq(Mux(rd_addr == rd_wrap_at, desc.in_base, rd_addr + rd_step))
+            with m.If(w_more):
                 m.d.sync += rd_w.eq(rd_w + 1)
-                rd_step(rd_addr + 1)
             with m.Else():
                 m.d.sync += [rd_w.eq(0), rd_pix.eq(rd_pix + 1)]
-                with m.If(rd_x + 1 != desc.shift.width):
+                with m.If(x_more):
                     m.d.sync += rd_x.eq(rd_x + 1)
-                    rd_step(rd_addr + 1 + desc.rd_skip)
                 with m.Else():
                     m.d.sync += [rd_x.eq(0), rd_y.eq(rd_y + 1)]
-                    rd_step(rd_addr + 1 + desc.rd_skip + desc.rd_row_skip)
-                    with m.If(rd_y + 1 == desc.shift.height):
+                    with m.If(rd_y == last_y):
                         m.d.sync += rd_active.eq(0)
         rd_idle = Signal()
         m.d.comb += rd_idle.eq(~rd_active & (rd_credits == self.READ_FIFO_DEPTH)
@@ -296,7 +325,7 @@ class Engine(wiring.Component):
         # ------------------------------------------------------------ output path
         # Six register stages: Y registers the array beat with its absolute channel and pixel,
         # Z the word offset (the one multiply), A the output and residual addresses; the residual
-        # read returns its word ACT_READ_LATENCY (3) stages later, in D, and D's beat, address and
+        # read returns its word ACT_READ_LATENCY (4) stages later, in E, and E's beat, address and
         # residual go into the beat FIFO in front of the output stage. Every memory address and enable here starts at a
         # flip-flop.
         mode = desc.out.mode
@@ -348,7 +377,7 @@ class Engine(wiring.Component):
                                   Mux(mode == Mode.RAW, z_word_off, desc.out_base + z_word_off)))),
                 a_res_addr.eq(desc.res_base + z_word_off),
             ]
-        # B, C, D (ACT_READ_LATENCY stages): the beat and its output address wait for the residual
+        # B, C, D, E (ACT_READ_LATENCY stages): the beat and its output address wait for the residual
         # word; the last of them moves an expand beat's channel to its table entries
         tail, tail_addr = a, a_addr
         waits = []
@@ -483,7 +512,10 @@ class Engine(wiring.Component):
                         wr.en.eq(bus.valid & bus.w_en & hit & (part == k - 1)),
                     ]
             with m.If(host_owns | (reg == Region.COUNTERS)):
-                m.d.comb += [rd.addr.eq(entry), rd.en.eq(bus_read & hit)]
+                # while the host owns a port it reads continuously (the bus holds the address for
+                # the whole request): the enable is a constant, not the bus decode (t25's critical
+                # path ended at a table block RAM's clock enable)
+                m.d.comb += [rd.addr.eq(entry), rd.en.eq(1)]
             with m.If(hit):
                 m.d.comb += bus_part.eq(part)
             # each region's word registered next to its memory, then the region multiplexer: the
@@ -512,8 +544,8 @@ class Engine(wiring.Component):
             with m.Case(Csr.RUNS):
                 m.d.comb += csr_data.eq(runs)
 
-        # writes complete in their cycle; reads answer five cycles later (port register, memory
-        # read, data register, the region's word register, then a register after the region
+        # writes complete in their cycle; reads answer six cycles later (port register, memory
+        # read, two data registers, the region's word register, then a register after the region
         # multiplexer)
         read_data = Signal(32)
         data_ok = host_owns | (region == Region.COUNTERS) | (region == Region.CSR)

@@ -26,12 +26,16 @@ flip-flop driving the address pins of 128 block RAMs spread over the 85F cost
 a 17 ns route. The price is one cycle: a write lands one cycle later, and read
 data updates two cycles after ``en``.
 
-With ``output_registers=True`` every slice's read data (after its block RAMs and
-their depth multiplexer, if any) passes through a register, which the placer
-keeps beside the slice's blocks: a block RAM's read data leave it about 5.6 ns
-after the clock edge (DP16KD without its own output register), too late to
-cross the die to a FIFO or a multiplexer in the same cycle. Another cycle:
-read data update ``read_latency`` cycles after ``en`` (3 with both options).
+With ``output_registers=n`` every slice's read data (after its block RAMs and
+their depth multiplexer, if any) pass through ``n`` registers in a row (``True``
+is one): a block RAM's read data leave it about 5.6 ns after the clock edge
+(DP16KD without its own output register), too late to cross the die to a FIFO
+or a multiplexer in the same cycle. With one register, nextpnr still placed it
+at the consumer's end of the die in the 85F builds (t28, t29: a 6.85 ns route
+from the block RAM, the critical path); with two, the block RAM's late data
+need only reach the first, and the long way is split between two register
+stages. Each register is another cycle: read data update ``read_latency =
+1 + input_registers + output_registers`` cycles after ``en``.
 """
 
 from __future__ import annotations
@@ -93,13 +97,15 @@ class SlicedMemory(Elaboratable):
     """
 
     def __init__(self, *, width: int, depth: int, read_ports: int = 1, slice_bits: int | None = None,
-                 name: str = "mem", input_registers: bool = False, output_registers: bool = False,
+                 name: str = "mem", input_registers: bool = False, output_registers: int | bool = 0,
                  slices_per_copy: int = 4):
         self.width, self.depth = width, depth
         self.input_registers = input_registers
-        self.output_registers = output_registers
+        #: register stages behind each slice's read data
+        self.output_registers = int(output_registers)
+        assert self.output_registers >= 0
         #: cycles from a read port's ``en`` to its ``data``
-        self.read_latency = 1 + int(input_registers) + int(output_registers)
+        self.read_latency = 1 + int(input_registers) + self.output_registers
         self.slices_per_copy = slices_per_copy
         self.slice_bits = slice_bits or slice_bits_for(depth, width)
         self.name = name
@@ -135,10 +141,10 @@ class SlicedMemory(Elaboratable):
             for port, ctl in zip(self.reads, r_ctl):
                 rd = mem.read_port(transparent_for=())
                 m.d.comb += [rd.addr.eq(ctl[s][0]), rd.en.eq(ctl[s][1])]
-                if self.output_registers:
-                    data_q = Signal(hi - lo, name=f"{port.data.name}_q{lo}")
-                    m.d.sync += data_q.eq(rd.data)
-                    m.d.comb += port.data[lo:hi].eq(data_q)
-                else:
-                    m.d.comb += port.data[lo:hi].eq(rd.data)
+                data = rd.data
+                for k in range(self.output_registers):
+                    data_q = Signal(hi - lo, name=f"{port.data.name}_q{k}_{lo}")
+                    m.d.sync += data_q.eq(data)
+                    data = data_q
+                m.d.comb += port.data[lo:hi].eq(data)
         return m

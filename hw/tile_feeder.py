@@ -22,10 +22,10 @@ together with ``Q`` weights. The feeder sits between them:
 
 The read side is a pipeline that never stalls: a beat is issued only against
 a credit for a place in a small FIFO in front of the array (``OUT_FIFO_DEPTH``).
-The weight memory answers ``WEIGHT_READ_LATENCY`` (3) cycles after the issue
+The weight memory answers ``WEIGHT_READ_LATENCY`` (4) cycles after the issue
 (it registers its inputs, replicated next to its block RAMs, and each slice's
-read data); the tile buffer answers in two (its address is registered) and its
-bytes wait one more register, so both enter the FIFO together. So no memory address or
+read data twice); the tile buffer answers in two (its address is registered) and
+its bytes wait two more registers, so both enter the FIFO together. So no memory address or
 enable depends on the array's ``ready``, and back-pressure from the array (it
 refuses a ``last`` beat while its shadow bank is busy) only stops the issue once
 the FIFO's credits are used up.
@@ -124,11 +124,11 @@ class TileFeeder(wiring.Component):
     """
 
     #: cycles from ``w_en`` to the weight word on ``w_data`` (at least 2, the tile buffer's)
-    WEIGHT_READ_LATENCY = 3
+    WEIGHT_READ_LATENCY = 4
     #: beats of the FIFO in front of the array. A credit goes round in latency + 3 cycles (issue in
-    #: t, the beat enters the FIFO in t + 3, reaches its output register in t + 5 and is popped;
-    #: the credit counts again in t + 6), so 6 keep one beat per cycle (one fewer costs a sixth of
-    #: the throughput)
+    #: t, the beat enters the FIFO in t + 4, reaches its output register in t + 6 and is popped;
+    #: the credit counts again in t + 7), so 7 keep one beat per cycle (one fewer costs a seventh
+    #: of the throughput)
     OUT_FIFO_DEPTH = WEIGHT_READ_LATENCY + 3
 
     def __init__(self, params: EngineParams, array_input_layout):

@@ -3,8 +3,8 @@
 The engine tests (test_engine.py) check every stored word, but a feeder that
 delivers the right beats at a lower rate passes them; here the feeder runs one
 plain 1x1 layer into an always-ready sink, behind the engine's weight memory
-(``hw.sliced_memory.SlicedMemory`` with input and output registers: three
-cycles of read latency), and must hand over a tile's beats back to back (one per cycle, after
+(``hw.sliced_memory.SlicedMemory`` with input registers and two output
+registers: four cycles of read latency), and must hand over a tile's beats back to back (one per cycle, after
 the first) with the right bytes and weight words.
 """
 
@@ -15,6 +15,7 @@ import random
 from amaranth import Module
 from amaranth.sim import Simulator
 
+from hw.engine import Engine
 from hw.engine_params import EngineParams
 from hw.sliced_memory import SlicedMemory
 from hw.systolic import SystolicArray
@@ -42,7 +43,8 @@ def test_feeder_beats_are_back_to_back_with_their_weights():
     # the weight memory the engine builds (registered inputs, the block RAMs' read, registered
     # data), loaded through its write port before the layer starts
     wmem = m.submodules.wmem = SlicedMemory(width=8 * Q, depth=PARAMS.weight_words, name="weight",
-                                            input_registers=True, output_registers=True)
+                                            input_registers=True,
+                                            output_registers=Engine.MEMORY_OUTPUT_REGISTERS)
     assert wmem.read_latency == TileFeeder.WEIGHT_READ_LATENCY
     (rd,) = wmem.reads
     m.d.comb += [rd.addr.eq(feeder.w_addr), rd.en.eq(feeder.w_en), feeder.w_data.eq(rd.data)]

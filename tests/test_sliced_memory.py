@@ -21,7 +21,7 @@ def test_slices_use_the_fewest_block_rams(depth, width, bits, blocks):
     assert sliced_blocks(width, depth) == blocks
 
 
-@pytest.mark.parametrize("input_registers, output_registers", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("input_registers, output_registers", [(False, 0), (True, 0), (True, 1), (True, 2)])
 def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_registers):
     depth, width = 12288, 12             # 4-bit slices, three of them, each 3 blocks deep
     mem = SlicedMemory(width=width, depth=depth, read_ports=2, name="m", input_registers=input_registers,
