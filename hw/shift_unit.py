@@ -271,7 +271,9 @@ class ShiftUnit(wiring.Component):
         word from :meth:`program`) is written at ``addr``.
     cfg : In(cfg_layout)
         Layer configuration from :meth:`program`. Change ``cfg`` and the
-        schedule only while ``busy`` is low; an all-zero ``cfg`` (e.g. after
+        schedule only while ``busy`` is low, and send the first input beat no
+        earlier than the cycle after ``cfg`` changed (the input's flow control
+        uses limits registered from it); an all-zero ``cfg`` (e.g. after
         reset) keeps the unit idle (input not ready, no output).
     busy : Out(1)
         A frame is in progress or output is pending.
@@ -493,9 +495,17 @@ class ShiftUnit(wiring.Component):
         # and out_pix advances at most one pixel per cycle, so with a margin of 2
         # pixels, q < max(out_pix - reach, 0) + P - 2, a word is never read and
         # written in the same cycle. Without a subtraction on the path that is
-        # (q < P - 2) | (lead < P - 2 - reach).
+        # (q < P - 2) | (lead < P - 2 - reach), with both limits registered from cfg
+        # (so i.ready is one comparison of registers, not two carry chains: the 45F's
+        # critical path in t12). They lag cfg by a cycle: hence the rule that input
+        # may come only from the cycle after cfg changes. Both are negative for the
+        # all-zero cfg, which so admits nothing.
+        lim_shape = signed(max(len(cfg.ring_pixels), len(cfg.reach)) + 2)
+        room_lim = Signal(lim_shape)         # P - 2
+        lead_lim = Signal(lim_shape)         # P - 2 - reach
+        m.d.sync += [room_lim.eq(cfg.ring_pixels - 2), lead_lim.eq(cfg.ring_pixels - 2 - cfg.reach)]
         frame_in = in_done == cfg.pixels
-        room = (in_done < cfg.ring_pixels - 2) | (lead < cfg.ring_pixels - 2 - cfg.reach)
+        room = (in_done < room_lim) | (lead < lead_lim)
         m.d.comb += self.i.ready.eq(~frame_in & room)
 
         in_fire = self.i.valid & self.i.ready

@@ -112,17 +112,19 @@ def simulated_board(params: EngineParams = SIM_PARAMS, *, progress=None, **board
 
 
 def _source_key(params: EngineParams) -> str:
-    """Digest of what the SoC's Verilog is generated from: its ``hw/`` sources, the numerics, the params, Amaranth."""
+    """Digest of what the SoC's Verilog is generated from: every ``hw/`` source, the numerics, the params, Amaranth.
+
+    All of ``hw/*.py``, not only the modules loaded now: some are imported only while the SoC is
+    elaborated (``hw.shift_unit``, from ``EngineParams.shift_unit``), and a key without them kept
+    a stale simulated board after a change to the shift unit.
+    """
     import hashlib
     from importlib.metadata import version
     from pathlib import Path
 
     h = hashlib.sha256(repr((params, version("amaranth"))).encode())
-    # the hw modules loaded now include everything EngineSoC is built from (engine.py imports them all)
-    import sys
-
-    sources = sorted(Path(mod.__file__) for name, mod in list(sys.modules.items())
-                     if (name.startswith("hw.") or name == "quant.numerics") and getattr(mod, "__file__", None))
+    here = Path(__file__).resolve().parent
+    sources = sorted(here.glob("*.py")) + [here.parent / "quant" / "numerics.py"]
     for path in sources:
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()

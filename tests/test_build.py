@@ -512,3 +512,20 @@ def test_reduced_soc_build(tmp_path):
     assert 0 < summary["resources"]["DP16KD"]["used"] <= est["DP16KD"]
     assert summary["resources"]["IO"]["used"] >= 11   # clock, 8 LEDs, UART rx and tx
     assert summary["engine_fmax_mhz"] > 0
+
+
+def test_simulated_board_key_covers_modules_imported_only_at_elaboration(monkeypatch):
+    """A change to hw/shift_unit.py (imported lazily, while the SoC elaborates) must rebuild the simulated board."""
+    from pathlib import Path
+
+    from hw.soc import SIM_PARAMS, _source_key
+
+    before = _source_key(SIM_PARAMS)
+    real = Path.read_bytes
+
+    def edited(path):
+        data = real(path)
+        return data + b"\n# edited\n" if path.name == "shift_unit.py" else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert _source_key(SIM_PARAMS) != before
