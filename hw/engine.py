@@ -149,9 +149,9 @@ class Engine(wiring.Component):
         # so read data arrive four cycles after the request (ACT_READ_LATENCY; the feeder's
         # WEIGHT_READ_LATENCY)
         act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True,
-                           output_registers=self.MEMORY_OUTPUT_REGISTERS)
-        weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight",
-                              input_registers=True, output_registers=self.MEMORY_OUTPUT_REGISTERS)
+                           output_registers=self.MEMORY_OUTPUT_REGISTERS, max_deep=p.slice_depth)
+        weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight", input_registers=True,
+                              output_registers=self.MEMORY_OUTPUT_REGISTERS, max_deep=p.slice_depth)
         assert act.read_latency == self.ACT_READ_LATENCY
         assert weight.read_latency == self.feeder.WEIGHT_READ_LATENCY
         desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])

@@ -30,7 +30,7 @@ __all__ = ["EngineParams", "Region", "Csr", "ENGINE_ID", "ENGINE_VERSION", "DESC
 #: ``"SFEN"``: identification word at CSR 0.
 ENGINE_ID = 0x5346454E
 #: Version of the memory map / descriptor format (bump on any change).
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3
 #: 32-bit words per layer descriptor in the descriptor memory.
 DESC_WORDS = 32
 
@@ -95,6 +95,10 @@ class EngineParams:
         (``C_gather``, also the longest tile), largest ``|dy|``/``|dx|``.
     max_cout : int
         Output channels of a layer (the output stage's table size, a power of two).
+    slice_depth : int
+        The most block RAMs deep a bit slice of the activation and weight memories may
+        be (:func:`hw.sliced_memory.slice_bits_for`): more blocks in a narrower slice
+        buy a smaller read multiplexer behind them. 0: as few blocks as possible.
     """
 
     rows: int = 8
@@ -112,11 +116,12 @@ class EngineParams:
     max_gather: int = 512
     radius: int = 2
     max_cout: int = 512
+    slice_depth: int = 0
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or v < (0 if f.name == "radius" else 1):
+            if not isinstance(v, int) or v < (0 if f.name in ("radius", "slice_depth") else 1):
                 raise ValueError(f"EngineParams.{f.name} must be a positive integer, not {v!r}")
         if self.lanes & (self.lanes - 1) or self.cols % self.lanes:
             raise ValueError(f"lanes ({self.lanes}) must be a power of two dividing cols ({self.cols})")

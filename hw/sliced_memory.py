@@ -52,8 +52,11 @@ __all__ = ["SlicedMemory", "slice_bits_for", "sliced_blocks"]
 BLOCK_BITS = 16384
 
 
-def slice_bits_for(depth: int, width: int) -> int:
+def slice_bits_for(depth: int, width: int, max_deep: int = 0) -> int:
     """The power-of-two slice width (at most ``width``) that stores the memory in the fewest block RAMs.
+
+    With ``max_deep`` (> 0), among the slice widths whose slice is at most ``max_deep`` blocks deep
+    (1 bit if none is): a smaller read multiplexer behind the blocks, at the price of more blocks.
 
     A slice of ``b`` bits needs ``ceil(depth * b / 16384)`` blocks (in the ``16384/b x b`` shape);
     ties go to the slice with fewer blocks per bit (the smaller read multiplexer), then the wider.
@@ -65,16 +68,17 @@ def slice_bits_for(depth: int, width: int) -> int:
     bits = 1
     while bits <= max(1, width):
         deep = -(-depth * bits // BLOCK_BITS)
-        key = (-(-width // bits) * deep, deep, -bits)
+        too_deep = bool(max_deep) and deep > max_deep and bits > 1
+        key = (too_deep, -(-width // bits) * deep, deep, -bits)
         if best is None or key < best[0]:
             best = (key, bits)
         bits *= 2
     return best[1]
 
 
-def sliced_blocks(width: int, depth: int) -> int:
-    """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth``."""
-    bits = slice_bits_for(depth, width)
+def sliced_blocks(width: int, depth: int, max_deep: int = 0) -> int:
+    """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth`` (``max_deep``: :func:`slice_bits_for`)."""
+    bits = slice_bits_for(depth, width, max_deep)
     return -(-width // bits) * -(-depth * bits // BLOCK_BITS)
 
 
@@ -98,7 +102,7 @@ class SlicedMemory(Elaboratable):
 
     def __init__(self, *, width: int, depth: int, read_ports: int = 1, slice_bits: int | None = None,
                  name: str = "mem", input_registers: bool = False, output_registers: int | bool = 0,
-                 slices_per_copy: int = 4):
+                 slices_per_copy: int = 4, max_deep: int = 0):
         self.width, self.depth = width, depth
         self.input_registers = input_registers
         #: register stages behind each slice's read data
@@ -107,7 +111,7 @@ class SlicedMemory(Elaboratable):
         #: cycles from a read port's ``en`` to its ``data``
         self.read_latency = 1 + int(input_registers) + self.output_registers
         self.slices_per_copy = slices_per_copy
-        self.slice_bits = slice_bits or slice_bits_for(depth, width)
+        self.slice_bits = slice_bits or slice_bits_for(depth, width, max_deep)
         self.name = name
         self.write = _Port(f"{name}_w", depth, width)
         self.reads = [_Port(f"{name}_r{i}", depth, width) for i in range(read_ports)]

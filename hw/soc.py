@@ -149,9 +149,11 @@ SOC_PARAMS = {
     # 69 of 72; ShiftResNet-20 E=1 at 32x32 with fused CSC passes (8720 activation words, 4214 weight
     # words; E=2 at 32x32 would need about 12288 activation and 8192 weight words: 110 EBR of 108).
     # max_cout 128: the output stage holds a fused stage-3 pass's 64 + 64 table entries (13 passes)
+    # slice_depth 3: the big memories in slices at most 3 block RAMs deep (98 EBR instead of 80; with
+    # the fewest blocks they were 9 deep, and their 9:1 read multiplexer limited 45F t13 to 77.27 MHz)
     "LFE5U-45F": EngineParams(rows=6, cols=8, lanes=4, act_words=9216, weight_words=4608, max_layers=32,
                               sched_words=512, table_words=2048, logit_words=16, max_width=32, max_height=32,
-                              max_cin=64, max_gather=64, radius=1, max_cout=128),
+                              max_cin=64, max_gather=64, radius=1, max_cout=128, slice_depth=3),
     # 27 of 28; ShiftResNet-20 E=1 at 16x16
     "LFE5U-25F": EngineParams(rows=4, cols=4, lanes=2, act_words=10240, weight_words=8704, max_layers=32,
                               sched_words=512, table_words=1024, logit_words=16, max_width=16, max_height=16,
@@ -252,7 +254,7 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     sliced = {"act", "weight"}      # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks
     out = {}
     for name, (w, d, copies) in mems.items():
-        blocks = sliced_blocks(w, d) if name in sliced else _blocks(w, d)
+        blocks = sliced_blocks(w, d, p.slice_depth) if name in sliced else _blocks(w, d)
         out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": blocks * copies}
     return {
         "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes + ADDRESS_MULTS,

@@ -21,6 +21,18 @@ def test_slices_use_the_fewest_block_rams(depth, width, bits, blocks):
     assert sliced_blocks(width, depth) == blocks
 
 
+@pytest.mark.parametrize("depth, width, max_deep, bits, blocks", [
+    (9216, 32, 0, 16, 18),      # the 45F's activations with the fewest blocks: 16-bit slices, 9 blocks deep
+    (9216, 32, 3, 4, 24),       # at most 3 deep: 4-bit slices of 3 blocks (9216 x 4 = 2.25 blocks)
+    (4608, 64, 3, 8, 24),       # the 45F's weights: 8-bit slices of 3 (not 32-bit slices of 9)
+    (12288, 128, 3, 4, 96),     # the 85F's weights are 3 deep already
+    (65536, 8, 2, 1, 32),       # no width is shallow enough: 1-bit slices (4 deep)
+])
+def test_slices_at_most_max_deep_blocks_deep(depth, width, max_deep, bits, blocks):
+    assert slice_bits_for(depth, width, max_deep) == bits
+    assert sliced_blocks(width, depth, max_deep) == blocks
+
+
 @pytest.mark.parametrize("input_registers, output_registers", [(False, 0), (True, 0), (True, 1), (True, 2)])
 def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_registers):
     depth, width = 12288, 12             # 4-bit slices, three of them, each 3 blocks deep
