@@ -18,6 +18,7 @@ clock      divisor  error
 60 MHz     20       0 %
 62.5 MHz   21       -0.79 %
 75 MHz     25       0 %
+80 MHz     27       -1.23 %
 =========  =======  =========
 
 so a PLL output that is a multiple of 3 MHz is the comfortable choice.
