@@ -323,7 +323,7 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
-        # Six register stages: Y registers the array beat with its absolute channel and pixel,
+        # Seven register stages: Y registers the array beat with its absolute channel and pixel,
         # Z the word offset (the one multiply), A the output and residual addresses; the residual
         # read returns its word ACT_READ_LATENCY (4) stages later, in E, and E's beat, address and
         # residual go into the beat FIFO in front of the output stage. Every memory address and enable here starts at a
@@ -345,7 +345,7 @@ class Engine(wiring.Component):
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
-        # beat only while the beat FIFO behind D has room for it and every beat in flight
+        # beat only while the beat FIFO behind E (the last stage) has room for it and every beat in flight
         # (credits, a register: array.o.ready is one LUT of flip-flops).
         D = self.BEAT_FIFO_DEPTH
         out_credits = Signal(range(D + 1), init=D)
@@ -396,7 +396,7 @@ class Engine(wiring.Component):
             m.d.sync += [st["valid"].eq(0) for st in (y, z, a, *waits)]
         m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(1)]
 
-        # beat FIFO: D's beat with its output address and residual word, into the output stage
+        # beat FIFO: E's beat with its output address and residual word, into the output stage
         fields = [tail["acc"], tail["mask"], tail["chan"], tail["first"], tail["last"], tail["ctx"], tail_addr,
                   act_res.data]
         m.submodules.beat_fifo = beat_fifo = SyncFIFOBuffered(width=len(Cat(*fields)), depth=D)

@@ -166,13 +166,12 @@ SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18
 #: (the PLL makes exactly 70, x14/5; 23 cycles per UART bit, +1.4 %) met timing with Fmax
 #: 70.14 MHz (docs/BUILD.md, t31: two registers behind each memory slice, registered reader and
 #: shift-unit limits; at 71.875 MHz, t32, it failed with 67.62 MHz; at 62.5 MHz, t29: 66.15 MHz;
-#: at 60 MHz, t25: 65.87 MHz, the big memories' read data
-#: registered; before that 54.17 MHz, t24 s2: 56.00 MHz; until the seventh session 45 MHz, t19:
-#: 52.24 MHz). The 45F
-#: SoC built at 80 MHz (the PLL makes exactly 80, x16/5; 27 cycles per bit, -1.2 %) met timing
-#: with Fmax 81.36 MHz (docs/BUILD.md, 45F t14: two registers behind each memory slice, slices
-#: at most 3 blocks deep; at 75 MHz, t8: 76.52 MHz; before that 66 MHz, t7: 71.83 MHz). The smaller parts were not measured; they keep 36 MHz (35.71 MHz, x10/7,
-#: 12 cycles per bit, -0.8 %).
+#: at 60 MHz, t25: 65.87 MHz, the big memories' read data registered; before that 54.17 MHz,
+#: t24 s2: 56.00 MHz; until the seventh session 45 MHz, t19: 52.24 MHz). The 45F SoC built at
+#: 80 MHz (the PLL makes exactly 80, x16/5; 27 cycles per bit, -1.2 %) met timing with Fmax
+#: 81.36 MHz (docs/BUILD.md, 45F t14: two registers behind each memory slice, slices at most 3
+#: blocks deep; at 75 MHz, t8: 76.52 MHz; before that 66 MHz, t7: 71.83 MHz). The smaller parts
+#: were not measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
 SOC_CLOCK_MHZ = {"LFE5U-85F": 70.0, "LFE5U-45F": 80.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
 #: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1): the seed it was
