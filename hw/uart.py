@@ -1,12 +1,10 @@
 """8N1 UART receiver and transmitter with ``amaranth.lib.stream`` interfaces.
 
-Both blocks run from one clock with an integer *divisor* (clock cycles per bit),
-fixed at build time by :func:`uart_divisor` from the clock frequency and the baud
-rate. The divisor is rounded to the nearest integer and rejected when the
-resulting baud rate is off by 2 % or more: a receiver samples the stop bit
-9.5 bit-times after the start edge, so the two ends together may drift by less
-than half a bit over that span (about 5 %), and the other end of the wire gets
-its share of that budget too.
+Both blocks run from one clock with an integer *divisor* (clock cycles per bit), fixed at build
+time by :func:`uart_divisor` from the clock frequency and the baud rate. The divisor is rounded to
+the nearest integer and rejected when the resulting baud rate is off by 2 % or more: a receiver
+samples the stop bit 9.5 bit-times after the start edge, so the two ends together may drift by less
+than half a bit over that span (about 5 %), and the other end of the wire gets its share of it too.
 
 At 3 Mbaud (the FT231X maximum on the ULX3S) the usual engine clocks give:
 
