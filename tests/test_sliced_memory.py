@@ -73,3 +73,14 @@ def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_reg
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_negative_register_stages_or_depth_are_refused():
+    from hw.engine_params import EngineParams
+
+    with pytest.raises(ValueError, match="must not be negative"):
+        SlicedMemory(width=8, depth=64, output_registers=-1)
+    with pytest.raises(ValueError, match="must not be negative"):
+        SlicedMemory(width=8, depth=64, max_deep=-1)
+    with pytest.raises(ValueError, match="slice_depth must be a non-negative integer"):
+        EngineParams(slice_depth=-1)
