@@ -96,8 +96,11 @@ class Engine(wiring.Component):
     #: words of the FIFO between the shift unit and the tile feeder (3: one word per cycle)
     SHIFT_FIFO_DEPTH = 3
 
-    def __init__(self, params: EngineParams = EngineParams()):
+    def __init__(self, params: EngineParams = EngineParams(), block_ram: str = "auto"):
         self.params = params
+        #: how the sliced memories build their blocks (hw.sliced_memory.SlicedMemory's block_ram:
+        #: "model" simulates the DP16KD primitives' wiring)
+        self.block_ram = block_ram
         self.shift = params.shift_unit()
         self.array = SystolicArray(params.rows, params.cols, out_lanes=params.lanes,
                                    tag_width=tag_layout(params).size, max_cin=params.max_gather)
@@ -149,12 +152,18 @@ class Engine(wiring.Component):
         # so read data arrive four cycles after the request (ACT_READ_LATENCY; the feeder's
         # WEIGHT_READ_LATENCY)
         act = SlicedMemory(width=8 * L, depth=p.act_words, read_ports=2, name="act", input_registers=True,
-                           output_registers=self.MEMORY_OUTPUT_REGISTERS, max_deep=p.slice_depth)
+                           output_registers=self.MEMORY_OUTPUT_REGISTERS, max_deep=p.slice_depth,
+                           block_ram=self.block_ram)
         weight = SlicedMemory(width=8 * Q, depth=p.weight_words, read_ports=1, name="weight", input_registers=True,
-                              output_registers=self.MEMORY_OUTPUT_REGISTERS, max_deep=p.slice_depth)
+                              output_registers=self.MEMORY_OUTPUT_REGISTERS, max_deep=p.slice_depth,
+                              block_ram=self.block_ram)
         assert act.read_latency == self.ACT_READ_LATENCY
         assert weight.read_latency == self.feeder.WEIGHT_READ_LATENCY
-        desc_mem = Memory(shape=32, depth=p.max_layers * DESC_WORDS, init=[])
+        # the descriptors behind a register (on ECP5 the block RAM's own): their read data fan out to
+        # the whole descriptor register (45F t14's critical path ran from the block RAM into it).
+        # 16-bit slices: the widest DP16KD shape (1024 x 18), whatever the depth
+        desc_mem = SlicedMemory(width=32, depth=p.max_layers * DESC_WORDS, read_ports=1, name="desc_mem",
+                                output_registers=1, slice_bits=16, block_ram=self.block_ram)
         sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
         table = Memory(shape=TableEntry.size, depth=p.table_words, init=[])
         logits = Memory(shape=32 * L, depth=p.logit_words, init=[])
@@ -164,7 +173,7 @@ class Engine(wiring.Component):
             m.submodules[name] = mem
         act_wr, (act_rd, act_res) = act.write, act.reads
         w_wr, (w_rd,) = weight.write, weight.reads
-        d_wr, d_rd = desc_mem.write_port(), desc_mem.read_port(transparent_for=())
+        d_wr, (d_rd,) = desc_mem.write, desc_mem.reads
         s_wr, s_rd = sched.write_port(), sched.read_port(transparent_for=())
         t_wr, t_rd = table.write_port(), table.read_port(transparent_for=())
         l_wr, l_rd = logits.write_port(), logits.read_port(transparent_for=())
@@ -487,7 +496,7 @@ class Engine(wiring.Component):
         # a read's request travels through read_pending[0..]: the slowest memory's read (the big
         # memories' port register, block-RAM read and data register), then the region's word
         # register; read_done: the register after the region multiplexer
-        slowest_read = max(act.read_latency, weight.read_latency)
+        slowest_read = max(act.read_latency, weight.read_latency, desc_mem.read_latency)
         read_pending = [Signal(name=f"read_pending{k}") for k in range(slowest_read + 1)]
         read_done = Signal()
         host_owns = ~running
@@ -519,8 +528,16 @@ class Engine(wiring.Component):
             with m.If(hit):
                 m.d.comb += bus_part.eq(part)
             # each region's word registered next to its memory, then the region multiplexer: the
-            # block RAMs' read data (about 5.6 ns clock-to-out) never meets the multiplexer directly
-            padded = Cat(rd.data, Const(0, 32 * k - width)) if 32 * k > width else rd.data
+            # block RAMs' read data (about 5.8 ns clock-to-out) never meets the multiplexer directly.
+            # A wide entry of a plain memory is registered whole before its word is selected (t31's
+            # critical path ran from the table's block RAM through that selection); the sliced
+            # memories' data are registered already. Neither adds to the read's six cycles, which
+            # the big memories' latency sets.
+            entry_data = rd.data
+            if k > 1 and reg not in (Region.ACT, Region.WEIGHT, Region.DESC):
+                entry_data = Signal(width, name=f"host_rd_entry{reg}", reset_less=True)
+                m.d.sync += entry_data.eq(rd.data)
+            padded = Cat(entry_data, Const(0, 32 * k - width)) if 32 * k > width else entry_data
             word_q = Signal(32, name=f"host_rd_region{reg}")
             m.d.sync += word_q.eq(padded.word_select(part, 32) if k > 1 else padded)
             with m.If(hit):
@@ -560,9 +577,17 @@ class Engine(wiring.Component):
             read_data.eq(Mux(region == Region.CSR, csr_data, Mux(data_ok, r_data_sel, 0))),
         ]
 
+        # a start request (a write of the layer count to CONTROL) is decoded into registers and acted
+        # on a cycle later: 45F t15's critical path ran from the bus's write data through this decode
+        # into the sequencer's state. The host's next request is answered cycles later, when the run
+        # has started.
         start_request = Signal()
-        m.d.comb += start_request.eq(bus.valid & bus.w_en & (region == Region.CSR) & (offset == Csr.CONTROL)
-                                     & ~running & (bus.w_data != 0) & (bus.w_data <= p.max_layers))
+        start_layers = Signal.like(n_layers)
+        m.d.sync += [
+            start_request.eq(bus.valid & bus.w_en & (region == Region.CSR) & (offset == Csr.CONTROL)
+                             & ~running & (bus.w_data != 0) & (bus.w_data <= p.max_layers)),
+            start_layers.eq(bus.w_data),
+        ]
 
         # the engine's side of the memory ports (the host's side is above, while not running)
         with m.If(running):
@@ -574,7 +599,7 @@ class Engine(wiring.Component):
             ]
 
         # ------------------------------------------------------------ sequencer
-        k = Signal(range(DESC_WORDS + 2))
+        k = Signal(range(DESC_WORDS + desc_mem.read_latency + 1))
         ts = Signal(range(p.max_gather + 2))
         tt = Signal(range(p.max_cout + 2))
         ts_v, tt_v = Signal(), Signal()
@@ -584,15 +609,17 @@ class Engine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(start_request):
-                    m.d.sync += [n_layers.eq(bus.w_data), layer.eq(0), running.eq(1), done.eq(0),
+                    m.d.sync += [n_layers.eq(start_layers), layer.eq(0), running.eq(1), done.eq(0),
                                  total_cycles.eq(0), layer_cycles.eq(0), k.eq(0)]
                     m.next = "LOAD_DESC"
             with m.State("LOAD_DESC"):
+                # word k is requested in cycle k and stored read_latency (2) cycles later
+                lat = desc_mem.read_latency
                 m.d.comb += [d_rd.addr.eq(layer * DESC_WORDS + k), d_rd.en.eq(1)]
                 m.d.sync += k.eq(k + 1)
-                with m.If(k != 0):
-                    m.d.sync += desc_bits.word_select((k - 1)[:len(k)], 32).eq(d_rd.data)
-                with m.If(k == DESC_WORDS):
+                with m.If(k >= lat):
+                    m.d.sync += desc_bits.word_select((k - lat)[:len(k)], 32).eq(d_rd.data)
+                with m.If(k == DESC_WORDS + lat - 1):
                     m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):

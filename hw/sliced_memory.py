@@ -36,15 +36,28 @@ from the block RAM, the critical path); with two, the block RAM's late data
 need only reach the first, and the long way is split between two register
 stages. Each register is another cycle: read data update ``read_latency =
 1 + input_registers + output_registers`` cycles after ``en``.
+
+On ECP5 (``block_ram="auto"``) a memory with output registers is built from
+DP16KD primitives (:mod:`hw.dp16kd`), and the first output register is the
+block RAM's own (``REGMODE="OUTREG"``): it cannot be placed away from its
+block, and the data leave the block like from a flip-flop instead of 5.8 ns
+after the clock (t32's critical path was the route from a block RAM to the
+first slice register, placed beside the second). A slice several blocks deep
+selects its block after that register, with the block index delayed to match;
+further output registers follow the selection. The latency is the same as the
+inferred memory's. The read data registers are reset-less in both forms, like
+the block RAM's.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Elaboratable, Module, Signal
+from amaranth import Cat, Elaboratable, Instance, Module, Signal
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
+from .dp16kd import DATA_WIDTH, DP16KDModel, dp16kd_ports, words_per_block
 from .fanout import register_copies
+from .mult import _is_ecp5
 
 __all__ = ["SlicedMemory", "slice_bits_for", "sliced_blocks"]
 
@@ -76,9 +89,10 @@ def slice_bits_for(depth: int, width: int, max_deep: int = 0) -> int:
     return best[1]
 
 
-def sliced_blocks(width: int, depth: int, max_deep: int = 0) -> int:
-    """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth`` (``max_deep``: :func:`slice_bits_for`)."""
-    bits = slice_bits_for(depth, width, max_deep)
+def sliced_blocks(width: int, depth: int, max_deep: int = 0, slice_bits: int | None = None) -> int:
+    """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth`` (``max_deep``: :func:`slice_bits_for`;
+    ``slice_bits`` where the memory is given its slice width)."""
+    bits = slice_bits or slice_bits_for(depth, width, max_deep)
     return -(-width // bits) * -(-depth * bits // BLOCK_BITS)
 
 
@@ -98,11 +112,19 @@ class SlicedMemory(Elaboratable):
     reads : list of ports with ``addr``, ``data`` (out), ``en``
     slice_bits : int
         Bits per slice memory (:func:`slice_bits_for` unless given).
+
+    ``block_ram`` chooses how slices are built: ``"auto"`` (DP16KD primitives with their output
+    register on ECP5 when ``output_registers`` >= 1 and the slice is at most 16 bits, inferred
+    memories otherwise), ``"inferred"`` (always :class:`amaranth.lib.memory.Memory`),
+    ``"dp16kd"`` (always the primitive) or ``"model"`` (the primitive's wiring on
+    :class:`hw.dp16kd.DP16KDModel`, for Amaranth's simulator).
     """
+
+    BLOCK_RAM_CHOICES = ("auto", "inferred", "dp16kd", "model")
 
     def __init__(self, *, width: int, depth: int, read_ports: int = 1, slice_bits: int | None = None,
                  name: str = "mem", input_registers: bool = False, output_registers: int | bool = 0,
-                 slices_per_copy: int = 4, max_deep: int = 0):
+                 slices_per_copy: int = 4, max_deep: int = 0, block_ram: str = "auto"):
         self.width, self.depth = width, depth
         self.input_registers = input_registers
         self.output_registers = int(output_registers)      # register stages behind each slice's read data
@@ -115,6 +137,25 @@ class SlicedMemory(Elaboratable):
         self.name = name
         self.write = _Port(f"{name}_w", depth, width)
         self.reads = [_Port(f"{name}_r{i}", depth, width) for i in range(read_ports)]
+        if block_ram not in self.BLOCK_RAM_CHOICES:
+            raise ValueError(f"SlicedMemory {name}: block_ram must be one of {self.BLOCK_RAM_CHOICES}, "
+                             f"not {block_ram!r}")
+        if block_ram in ("dp16kd", "model") and not self._primitive_fits():
+            raise ValueError(f"SlicedMemory {name}: DP16KD primitives need output_registers >= 1 and "
+                             f"slices of 1, 2, 4, 8 or 16 bits (this one: {self.output_registers}, "
+                             f"{self.slice_bits} bits)")
+        self.block_ram = block_ram
+
+    def _primitive_fits(self) -> bool:
+        return self.output_registers >= 1 and self.slice_bits in DATA_WIDTH
+
+    def _primitive(self, platform):
+        """None (inferred memories), ``Instance`` or :class:`DP16KDModel`: how this elaboration builds blocks."""
+        if self.block_ram == "dp16kd" or (self.block_ram == "auto" and _is_ecp5(platform) and self._primitive_fits()):
+            return lambda **kw: Instance("DP16KD", **kw)
+        if self.block_ram == "model":
+            return DP16KDModel
+        return None
 
     def elaborate(self, platform):
         m = Module()
@@ -131,24 +172,75 @@ class SlicedMemory(Elaboratable):
 
         w_ctl = control(self.write, f"{self.name}_w")
         r_ctl = [control(port, f"{self.name}_r{i}") for i, port in enumerate(self.reads)]
+        primitive = self._primitive(platform)
         for s, lo in enumerate(starts):
             hi = min(lo + self.slice_bits, self.width)
-            mem = Memory(shape=hi - lo, depth=self.depth, init=[])
-            m.submodules[f"{self.name}_{lo}"] = mem
-            wr = mem.write_port()
             w_data = self.write.data[lo:hi]
             if self.input_registers:
                 w_reg = Signal(hi - lo, name=f"{self.name}_wdata{lo}")
                 m.d.sync += w_reg.eq(w_data)
                 w_data = w_reg
-            m.d.comb += [wr.addr.eq(w_ctl[s][0]), wr.data.eq(w_data), wr.en.eq(w_ctl[s][1])]
-            for port, ctl in zip(self.reads, r_ctl):
-                rd = mem.read_port(transparent_for=())
-                m.d.comb += [rd.addr.eq(ctl[s][0]), rd.en.eq(ctl[s][1])]
-                data = rd.data
-                for k in range(self.output_registers):
-                    data_q = Signal(hi - lo, name=f"{port.data.name}_q{k}_{lo}")
+            if primitive is None:
+                slice_data = self._inferred_slice(m, lo, hi, w_ctl[s], w_data, [ctl[s] for ctl in r_ctl])
+                stages = self.output_registers
+            else:
+                slice_data = self._primitive_slice(m, primitive, lo, hi, w_ctl[s], w_data, [ctl[s] for ctl in r_ctl])
+                stages = self.output_registers - 1        # the first is the block RAM's own
+            for port, data in zip(self.reads, slice_data):
+                for k in range(stages):
+                    data_q = Signal(hi - lo, name=f"{port.data.name}_q{k}_{lo}", reset_less=True)
                     m.d.sync += data_q.eq(data)
                     data = data_q
                 m.d.comb += port.data[lo:hi].eq(data)
         return m
+
+    def _inferred_slice(self, m, lo, hi, w_ctl, w_data, r_ctls):
+        """One slice as an inferred memory: its read ports' data (the cycle after ``en``)."""
+        mem = Memory(shape=hi - lo, depth=self.depth, init=[])
+        m.submodules[f"{self.name}_{lo}"] = mem
+        wr = mem.write_port()
+        m.d.comb += [wr.addr.eq(w_ctl[0]), wr.data.eq(w_data), wr.en.eq(w_ctl[1])]
+        out = []
+        for addr, en in r_ctls:
+            rd = mem.read_port(transparent_for=())
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+            out.append(rd.data)
+        return out
+
+    def _primitive_slice(self, m, primitive, lo, hi, w_ctl, w_data, r_ctls):
+        """One slice as DP16KD blocks with output registers, one column of blocks per read port.
+
+        Returns each read port's data two cycles after ``en`` (read latch, output register).
+        """
+        bits = self.slice_bits
+        lg_words = ceil_log2(words_per_block(bits))
+        deep = -(-self.depth // words_per_block(bits))
+        w_addr, w_en = w_ctl
+        w_full = Signal(bits, name=f"{self.name}_wfull{lo}")
+        m.d.comb += w_full.eq(w_data)
+        out = []
+        for r, (r_addr, r_en) in enumerate(r_ctls):
+            blocks = []
+            for j in range(deep):
+                b_data = Signal(bits, name=f"{self.name}_r{r}_{lo}_b{j}")
+                b_wen = w_en & (w_addr[lg_words:] == j) if deep > 1 else w_en
+                m.submodules[f"{self.name}_r{r}_{lo}_b{j}"] = primitive(**dp16kd_ports(
+                    bits=bits, w_addr=w_addr[:lg_words], w_data=w_full, w_en=b_wen,
+                    r_addr=r_addr[:lg_words], r_data=b_data, r_en=r_en))
+                blocks.append(b_data[:hi - lo])
+            if deep == 1:
+                out.append(blocks[0])
+                continue
+            # the block index follows the data: into the read latch with en, into the output register always
+            idx_latch = Signal(range(deep), name=f"{self.name}_r{r}_{lo}_idx0", reset_less=True)
+            idx_out = Signal(range(deep), name=f"{self.name}_r{r}_{lo}_idx1", reset_less=True)
+            with m.If(r_en):
+                m.d.sync += idx_latch.eq(r_addr[lg_words:])
+            m.d.sync += idx_out.eq(idx_latch)
+            sel = Signal(hi - lo, name=f"{self.name}_r{r}_{lo}_sel")
+            with m.Switch(idx_out):
+                for j, b in enumerate(blocks):
+                    with m.Case(j):
+                        m.d.comb += sel.eq(b)
+            out.append(sel)
+        return out

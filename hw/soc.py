@@ -252,10 +252,14 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     }
     from .sliced_memory import sliced_blocks
 
-    sliced = {"act", "weight"}      # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks
+    # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks (the descriptors' are 16 bits)
+    sliced = {"act": (p.slice_depth, None), "weight": (p.slice_depth, None), "desc": (0, 16)}
     out = {}
     for name, (w, d, copies) in mems.items():
-        blocks = sliced_blocks(w, d, p.slice_depth) if name in sliced else _blocks(w, d)
+        if name in sliced:
+            blocks = sliced_blocks(w, d, *sliced[name])
+        else:
+            blocks = _blocks(w, d)
         out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": blocks * copies}
     return {
         "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes + ADDRESS_MULTS,

@@ -47,14 +47,14 @@ def first_mismatch(program, expected: dict, got: dict) -> str | None:
     return None
 
 
-def run_program(params: EngineParams, program, image: torch.Tensor, **compile_args):
+def run_program(params: EngineParams, program, image: torch.Tensor, block_ram: str = "auto", **compile_args):
     def host(link):
         acc = Accelerator(link, run_timeout=1e9)
         compiled = compile_program(program, acc.params, keep_all=True, **compile_args)
         acc.load(compiled)
         return acc.infer(golden.quantize_input(program, image).numpy(), keep_all=True)
 
-    return run_with_bus(Engine(params), host)
+    return run_with_bus(Engine(params, block_ram=block_ram), host)
 
 
 #: compile arguments per way of running the CSC block, for an engine's params
@@ -65,6 +65,18 @@ PASSES = {"fused": lambda p: {}, "fused_ring1": lambda p: {"ring_pixels": p.rows
 @pytest.mark.parametrize("passes", list(PASSES))
 @pytest.mark.parametrize("shape", [(2, 4, 4), (3, 8, 4), (4, 8, 8)], ids=lambda s: "P{}xQ{}_L{}".format(*s))
 def test_engine_random_programs(shape, passes):
+    check_random_programs(shape, passes)
+
+
+@pytest.mark.parametrize("passes", ["fused", "unfused"])
+def test_engine_on_dp16kd_block_rams(passes):
+    """The engine as built for ECP5: the sliced memories (activations, weights, descriptors) from
+    DP16KD primitives with their output registers, simulated on hw.dp16kd.DP16KDModel."""
+    check_random_programs((3, 8, 4), passes, block_ram="model")
+
+
+def check_random_programs(shape, passes, block_ram="auto"):
+    """Two random programs on an engine of ``shape`` (P, Q, L); every stored word against the golden model."""
     rows, cols, lanes = shape
     params = EngineParams(rows=rows, cols=cols, lanes=lanes, **TINY)
     compile_args = PASSES[passes](params)
@@ -78,7 +90,7 @@ def test_engine_random_programs(shape, passes):
                                  mid_signed=bool(rng.integers(2)))
         image = torch.rand(program.tensors[program.input].shape[2], size, size,
                            generator=torch.Generator().manual_seed(s))
-        result = run_program(params, program, image, **compile_args)
+        result = run_program(params, program, image, block_ram=block_ram, **compile_args)
         problem = first_mismatch(program, golden.run(program, golden.quantize_input(program, image)),
                                  result.outputs)
         assert problem is None, f"seed {s} (SHIFTFPGA_SEED={s}), engine {shape}, {passes}: {problem}"
@@ -119,7 +131,8 @@ def test_tensor_memory_is_reused():
                 assert out.base + out.words <= src.base or src.base + src.words <= out.base
 
 
-def test_host_reads_back_every_memory_region():
+@pytest.mark.parametrize("block_ram", ["auto", "model"])
+def test_host_reads_back_every_memory_region(block_ram):
     """Bus writes then reads of every writable region (bursts and single words, regions interleaved).
 
     Entries wider than 32 bits take ``parts_for(width)`` words (a power of two), least significant
@@ -129,7 +142,7 @@ def test_host_reads_back_every_memory_region():
     from hw.output_stage import TableEntry
 
     params = EngineParams(rows=2, cols=4, lanes=4, **TINY)
-    engine = Engine(params)
+    engine = Engine(params, block_ram=block_ram)
     widths = {Region.DESC: 32, Region.SCHED: engine.shift.slot_layout.size, Region.TABLE: TableEntry.size,
               Region.WEIGHT: 8 * params.cols, Region.ACT: 8 * params.lanes, Region.LOGITS: 32 * params.lanes}
     depths = {Region.DESC: params.max_layers * DESC_WORDS, Region.SCHED: params.sched_words, Region.TABLE: params.table_words,

@@ -33,19 +33,79 @@ def test_slices_at_most_max_deep_blocks_deep(depth, width, max_deep, bits, block
     assert sliced_blocks(width, depth, max_deep) == blocks
 
 
-@pytest.mark.parametrize("input_registers, output_registers", [(False, 0), (True, 0), (True, 1), (True, 2)])
-def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_registers):
+@pytest.mark.parametrize("input_registers, output_registers, block_ram", [
+    (False, 0, "inferred"), (True, 0, "inferred"), (True, 1, "inferred"), (True, 2, "inferred"),
+    # the DP16KD wiring (hw/dp16kd.py) on its simulation model: the first output register is the block's
+    (False, 1, "model"), (True, 2, "model"),
+])
+def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_registers, block_ram):
     depth, width = 12288, 12             # 4-bit slices, three of them, each 3 blocks deep
     mem = SlicedMemory(width=width, depth=depth, read_ports=2, name="m", input_registers=input_registers,
-                       output_registers=output_registers)
+                       output_registers=output_registers, block_ram=block_ram)
     assert mem.slice_bits == 4
     latency = 1 + input_registers + output_registers
     assert mem.read_latency == latency
+    _check_read_back(mem, [4095, 4096, 8191, 8192])
+
+
+@pytest.mark.parametrize("depth, width, slice_bits", [
+    (20000, 3, 1),        # 1-bit slices, two blocks of 16384 x 1 deep (the second partly used)
+    (8192, 4, 2),         # one 8192 x 2 block per slice
+    (3000, 16, 8),        # 2048 x 9 blocks: two deep, the parity bit unused
+    (1024, 40, 16),       # 1024 x 18 blocks (two byte enables), a last slice of 8 bits
+])
+def test_every_dp16kd_shape_reads_back_what_was_written(depth, width, slice_bits):
+    mem = SlicedMemory(width=width, depth=depth, read_ports=1, name="m", input_registers=True,
+                       output_registers=2, slice_bits=slice_bits, block_ram="model")
+    _check_read_back(mem, [2047, 2048, 16383, 16384])
+
+
+def test_the_primitive_is_refused_where_it_does_not_fit():
+    with pytest.raises(ValueError, match="output_registers >= 1"):
+        SlicedMemory(width=8, depth=64, output_registers=0, block_ram="dp16kd")
+    with pytest.raises(ValueError, match="16 bits"):
+        SlicedMemory(width=64, depth=64, output_registers=1, slice_bits=32, block_ram="model")
+    with pytest.raises(ValueError, match="block_ram must be one of"):
+        SlicedMemory(width=8, depth=64, block_ram="bram")
+
+
+def test_read_data_hold_while_the_read_enable_is_low():
+    """A read port's data keep the last enabled read's word however long ``en`` stays low."""
+    for block_ram in ("inferred", "model"):
+        mem = SlicedMemory(width=8, depth=4096, read_ports=1, name="m", output_registers=1, slice_bits=8,
+                           block_ram=block_ram)
+        (rd,) = mem.reads
+
+        async def bench(ctx):
+            for a, v in ((5, 0x5A), (3000, 0xA5)):      # two blocks of 2048 x 9
+                ctx.set(mem.write.addr, a)
+                ctx.set(mem.write.data, v)
+                ctx.set(mem.write.en, 1)
+                await ctx.tick()
+            ctx.set(mem.write.en, 0)
+            ctx.set(rd.addr, 5)
+            ctx.set(rd.en, 1)
+            await ctx.tick()
+            ctx.set(rd.addr, 3000)         # not enabled: neither its word nor its block may be read
+            ctx.set(rd.en, 0)
+            for _ in range(5):
+                await ctx.tick()
+                assert ctx.get(rd.data) == 0x5A, block_ram
+
+        sim = Simulator(mem)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        sim.run()
+
+
+def _check_read_back(mem, edges):
+    """Random writes, then back-to-back reads on every port: each word exactly ``read_latency`` cycles later."""
+    depth, width, latency = mem.depth, mem.width, mem.read_latency
     rng = random.Random(5)
     model = {}
 
     async def bench(ctx):
-        addrs = [rng.randrange(depth) for _ in range(60)] + [0, depth - 1, 4095, 4096, 8191, 8192]
+        addrs = [rng.randrange(depth) for _ in range(60)] + [0, depth - 1] + [a for a in edges if a < depth]
         for a in addrs:
             v = rng.getrandbits(width)
             ctx.set(mem.write.addr, a)

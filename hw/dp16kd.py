@@ -1,0 +1,144 @@
+"""The ECP5 block RAM (DP16KD) as one write and one read port, with its own output register.
+
+Yosys maps an inferred memory to DP16KD blocks with ``REGMODE="NOREG"``: the read
+data leave the block about 5.8 ns after the clock edge (nextpnr's figure for
+speed grade 6), and in the 85F and 45F builds that clock-to-out plus the route
+to the next register was the critical path again and again (t28, t29, t32, t14).
+The block has an output register of its own (``REGMODE="OUTREG"``), behind which
+the data leave it like from any flip-flop: one DP16KD with its data straight
+into a register reaches 146 MHz without it and 476 MHz with it
+(``python bench/bram_outreg.py``). Yosys cannot absorb a register into that
+slot, so :func:`dp16kd_ports` wires the primitive by hand and
+:class:`hw.sliced_memory.SlicedMemory` instantiates it on ECP5.
+
+:class:`DP16KDModel` is the same block for Amaranth's simulator, written from
+the primitive's documented behaviour and from the pin conventions of yosys'
+own DP16KD mapping (``share/lattice/brams_map_16kd.v``), so that the tests
+check the wiring (which address pins, which data pins, which enables) and not
+only a behavioural stand-in.
+
+The subset used and modelled: port A writes, port B reads, both in the same
+shape (``DATA_WIDTH`` 1, 2, 4, 9 or 18; the widest true-dual-port shape), chip
+selects tied off (``CSDECODE="0b000"``), no resets, port B's output register
+always enabled (``OCEB=1``). Read data then appear two cycles after a read with
+``CEB`` high: the block's read latch loads at the first edge, its output
+register at the second; both hold while ``CEB`` is low, like a synchronous
+read port followed by a register.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal
+from amaranth.lib.memory import Memory
+
+__all__ = ["DP16KD_BITS", "DATA_WIDTH", "dp16kd_ports", "DP16KDModel"]
+
+#: bits of one block (the 9- and 18-bit shapes add a parity bit per byte, unused here)
+DP16KD_BITS = 16384
+
+#: the block's ``DATA_WIDTH`` for each slice width it stores: 8- and 16-bit slices use the
+#: 9- and 18-bit shapes, leaving their parity bits unused
+DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 16: 18}
+
+#: address pins below the word address in each shape (the word address sits in AD13..ADn)
+_ADDR_LSB = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4}
+#: words of each shape
+_WORDS = {1: 16384, 2: 8192, 4: 4096, 9: 2048, 18: 1024}
+
+
+def words_per_block(bits: int) -> int:
+    """Words of ``bits`` bits one block holds (16384 / ``bits``)."""
+    return DP16KD_BITS // bits
+
+
+def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
+                 output_register: bool = True, domain: str = "sync") -> dict:
+    """Keyword arguments for ``Instance("DP16KD", **kw)`` (or :class:`DP16KDModel`).
+
+    ``w_addr``/``r_addr`` are word addresses (up to ``16384 / bits`` words), ``w_data``
+    and ``r_data`` ``bits`` wide (``r_data`` is driven by the block).
+    """
+    if bits not in DATA_WIDTH:
+        raise ValueError(f"a DP16KD port stores 1, 2, 4, 8 or 16 bits per word, not {bits}")
+    width = DATA_WIDTH[bits]
+    lsb = _ADDR_LSB[width]
+    kw = {
+        "p_DATA_WIDTH_A": width, "p_DATA_WIDTH_B": width,
+        "p_REGMODE_A": "NOREG", "p_REGMODE_B": "OUTREG" if output_register else "NOREG",
+        "p_CSDECODE_A": "0b000", "p_CSDECODE_B": "0b000",
+        "p_WRITEMODE_A": "NORMAL", "p_WRITEMODE_B": "NORMAL",
+        "p_RESETMODE": "SYNC", "p_ASYNC_RESET_RELEASE": "SYNC", "p_GSR": "DISABLED",
+        "i_CLKA": ClockSignal(domain), "i_CLKB": ClockSignal(domain),
+        "i_CEA": w_en, "i_WEA": w_en, "i_OCEA": Const(1, 1), "i_RSTA": Const(0, 1),
+        "i_CEB": r_en, "i_WEB": Const(0, 1), "i_OCEB": Const(1, 1), "i_RSTB": Const(0, 1),
+    }
+    for port in "AB":
+        for k in range(3):
+            kw[f"i_CS{port}{k}"] = Const(0, 1)
+    for port, addr in (("A", w_addr), ("B", r_addr)):
+        for pin in range(14):
+            if pin >= lsb:
+                bit = pin - lsb
+                kw[f"i_AD{port}{pin}"] = addr[bit] if bit < len(addr) else Const(0, 1)
+            elif width == 18 and pin < 2:
+                kw[f"i_AD{port}{pin}"] = Const(1, 1)      # the 18-bit shape's byte enables
+            else:
+                kw[f"i_AD{port}{pin}"] = Const(0, 1)
+    for pin in range(18):
+        kw[f"i_DIA{pin}"] = w_data[pin] if pin < bits else Const(0, 1)
+        kw[f"i_DIB{pin}"] = Const(0, 1)
+    for pin in range(bits):
+        kw[f"o_DOB{pin}"] = r_data[pin]
+    return kw
+
+
+class DP16KDModel(Elaboratable):
+    """A DP16KD for Amaranth's simulator, configured by :func:`dp16kd_ports`' keywords.
+
+    It interprets the pins: the word address from ``AD13..ADn`` of each port, write data from
+    ``DIA``, read data onto ``DOB``, ``CEA & WEA`` writes, ``CEB`` loads the read latch, and with
+    ``REGMODE_B="OUTREG"`` the output register loads the latch every cycle ``OCEB`` is high.
+    Only the configuration :func:`dp16kd_ports` produces is accepted.
+    """
+
+    def __init__(self, **kw):
+        width = kw["p_DATA_WIDTH_A"]
+        if kw["p_DATA_WIDTH_B"] != width or width not in _ADDR_LSB:
+            raise ValueError("DP16KDModel: both ports in one of the shapes 1, 2, 4, 9, 18")
+        if kw["p_REGMODE_A"] != "NOREG" or kw["p_CSDECODE_A"] != "0b000" or kw["p_CSDECODE_B"] != "0b000":
+            raise ValueError("DP16KDModel: port A without output register, chip selects decoded as 0b000")
+        self.kw = kw
+        self.width = width
+
+    def elaborate(self, platform):
+        m = Module()
+        kw, width = self.kw, self.width
+        lsb = _ADDR_LSB[width]
+        domain = kw["i_CLKB"].domain
+        if kw["i_CLKA"].domain != domain:
+            raise ValueError("DP16KDModel: both ports in one clock domain")
+        mem = m.submodules.mem = Memory(shape=width, depth=_WORDS[width], init=[])
+        wr = mem.write_port(domain=domain, granularity=9 if width == 18 else None)
+        rd = mem.read_port(domain=domain, transparent_for=())
+
+        def pins(name, count):
+            return Cat(*(kw[f"{name}{k}"] for k in range(count)))
+
+        a_addr, b_addr = pins("i_ADA", 14)[lsb:], pins("i_ADB", 14)[lsb:]
+        cs_ok = {port: pins(f"i_CS{port}", 3) == 0 for port in "AB"}
+        write = kw["i_CEA"] & kw["i_WEA"] & ~kw["i_RSTA"] & cs_ok["A"]
+        if width == 18:
+            write = Cat(write & kw["i_ADA0"], write & kw["i_ADA1"])
+        m.d.comb += [wr.addr.eq(a_addr), wr.data.eq(pins("i_DIA", width)), wr.en.eq(write),
+                     rd.addr.eq(b_addr), rd.en.eq(kw["i_CEB"] & cs_ok["B"])]
+        out = rd.data
+        if kw["p_REGMODE_B"] == "OUTREG":
+            reg = Signal(width, reset_less=True)
+            with m.If(kw["i_OCEB"]):
+                m.d[domain] += reg.eq(rd.data)
+            out = reg
+        for pin in range(width):
+            name = f"o_DOB{pin}"
+            if name in kw:
+                m.d.comb += kw[name].eq(out[pin])
+        return m
