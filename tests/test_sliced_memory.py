@@ -144,3 +144,20 @@ def test_negative_register_stages_or_depth_are_refused():
         SlicedMemory(width=8, depth=64, max_deep=-1)
     with pytest.raises(ValueError, match="slice_depth must be a non-negative integer"):
         EngineParams(slice_depth=-1)
+
+
+def test_on_ecp5_the_slices_are_dp16kd_blocks_with_their_output_register():
+    """``block_ram="auto"`` instantiates DP16KD (REGMODE_B OUTREG) for an ECP5 platform, one column per read port."""
+    from amaranth.back import rtlil
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    def cells(platform, **kw):
+        mem = SlicedMemory(width=12, depth=12288, read_ports=2, name="m", input_registers=True, **kw)
+        text = rtlil.convert(mem, platform=platform, ports=[mem.write.addr, mem.write.data, mem.write.en])
+        return text.count("cell \\DP16KD "), text.count('parameter \\REGMODE_B "OUTREG"')
+
+    # 3 slices of 4 bits, 3 blocks deep, one copy per read port
+    assert cells(ULX3S_85F_Platform(), output_registers=2) == (18, 18)
+    assert cells(None, output_registers=2) == (0, 0)                     # simulation: inferred memories
+    assert cells(ULX3S_85F_Platform(), output_registers=0) == (0, 0)     # no register to absorb
+    assert cells(ULX3S_85F_Platform(), output_registers=1, block_ram="inferred") == (0, 0)
