@@ -24,8 +24,9 @@ The read side is a pipeline that never stalls: a beat is issued only against
 a credit for a place in a small FIFO in front of the array (``OUT_FIFO_DEPTH``).
 The weight memory answers ``WEIGHT_READ_LATENCY`` (4) cycles after the issue
 (it registers its inputs, replicated next to its block RAMs, and each slice's
-read data twice); the tile buffer answers in two (its address is registered) and
-its bytes wait two more registers, so both enter the FIFO together. So no memory address or
+read data twice); the tile buffer answers in two (its address is registered),
+its words wait in a register and the selected bytes in one more, so both enter
+the FIFO together. So no memory address or
 enable depends on the array's ``ready``, and back-pressure from the array (it
 refuses a ``last`` beat while its shadow bank is busy) only stops the issue once
 the FIFO's credits are used up.
@@ -387,12 +388,19 @@ class TileFeeder(wiring.Component):
         side1 = Cat(lane1, last1, npix1, nchan1, signed1, tag1.as_value())
         side2 = Signal.like(side1)
         m.d.sync += [v2.eq(v1), side2.eq(side1)]
-        lane2 = side2[:len(lane1)]
 
-        # cycle t + 2: the tile's bytes; they and what goes beside them wait for the weights
-        valid, side = v2, side2
-        acts = Cat(rd.data.word_select(lane2, 8) if L > 1 else rd.data for _, rd in banks)
-        for k in range(3, self.WEIGHT_READ_LATENCY + 1):
+        # cycle t + 2: the banks' words, registered whole before the lane's byte is selected (45F
+        # t16's critical path ran from a bank's block RAM through that selection); cycle t + 3: the
+        # tile's bytes. They and what goes beside them wait for the weights
+        words2 = Cat(rd.data for _, rd in banks)
+        words3 = Signal.like(words2, name="bank_words3")
+        v3, side3 = Signal(name="v3"), Signal.like(side2, name="side3")
+        m.d.sync += [words3.eq(words2), v3.eq(v2), side3.eq(side2)]
+        lane3 = side3[:len(lane1)]
+        valid, side = v3, side3
+        acts = Cat(words3.word_select(k, 8 * L).word_select(lane3, 8) if L > 1 else words3.word_select(k, 8)
+                   for k in range(len(banks)))
+        for k in range(4, self.WEIGHT_READ_LATENCY + 1):
             valid_k, side_k = Signal(name=f"v{k}"), Signal.like(side, name=f"side{k}")
             acts_k = Signal.like(acts, name=f"acts{k}")
             m.d.sync += [valid_k.eq(valid), side_k.eq(side), acts_k.eq(acts)]
