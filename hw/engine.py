@@ -603,6 +603,11 @@ class Engine(wiring.Component):
         ts = Signal(range(p.max_gather + 2))
         tt = Signal(range(p.max_cout + 2))
         ts_v, tt_v = Signal(), Signal()
+        # the table words one cycle after their read, with their indices (LOAD_TABLES)
+        ts_v2, tt_v2 = Signal(), Signal()
+        ts_i2, tt_i2 = Signal.like(shift.tab.payload.addr), Signal.like(stage.tbl.payload.chan)
+        s_data2 = Signal.like(s_rd.data, reset_less=True)
+        t_data2 = Signal.like(t_rd.data, reset_less=True)
         with m.If(running):
             m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
 
@@ -620,26 +625,31 @@ class Engine(wiring.Component):
                 with m.If(k >= lat):
                     m.d.sync += desc_bits.word_select((k - lat)[:len(k)], 32).eq(d_rd.data)
                 with m.If(k == DESC_WORDS + lat - 1):
-                    m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0)]
+                    m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0), ts_v2.eq(0), tt_v2.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
-                # one read per cycle from each memory; the word read in cycle n is written in n+1
+                # one read per cycle from each memory; the word read in cycle n is registered in n+1
+                # (beside its index) and written in n+2: the block RAMs' data go to a register only
+                # (45F t17's critical path ran from the channel table's block RAM into the output
+                # stage's tables)
                 m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
                              t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
-                m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t)]
+                m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t),
+                             ts_v2.eq(ts_v), ts_i2.eq(ts - 1), s_data2.eq(s_rd.data),
+                             tt_v2.eq(tt_v), tt_i2.eq(tt - 1), t_data2.eq(t_rd.data)]
                 with m.If(more_s):
                     m.d.sync += ts.eq(ts + 1)
                 with m.If(more_t):
                     m.d.sync += tt.eq(tt + 1)
                 m.d.comb += [
-                    shift.tab.valid.eq(ts_v), shift.tab.payload.addr.eq(ts - 1),
-                    shift.tab.payload.data.eq(s_rd.data),
-                    stage.tbl.valid.eq(tt_v), stage.tbl.payload.chan.eq(tt - 1),
-                    stage.tbl.payload.entry.eq(t_rd.data),
+                    shift.tab.valid.eq(ts_v2), shift.tab.payload.addr.eq(ts_i2),
+                    shift.tab.payload.data.eq(s_data2),
+                    stage.tbl.valid.eq(tt_v2), stage.tbl.payload.chan.eq(tt_i2),
+                    stage.tbl.payload.entry.eq(t_data2),
                 ]
-                with m.If(~more_s & ~more_t & ~ts_v & ~tt_v):
+                with m.If(~more_s & ~more_t & ~ts_v & ~tt_v & ~ts_v2 & ~tt_v2):
                     m.d.comb += start.eq(1)
                     m.d.sync += shift_cfg.eq(desc.shift.as_value())
                     m.next = "RUN"
