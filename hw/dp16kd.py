@@ -20,8 +20,9 @@ only a behavioural stand-in.
 The subset used and modelled: port A writes, port B reads, both in the same
 shape (``DATA_WIDTH`` 1, 2, 4, 9 or 18; the widest true-dual-port shape), chip
 selects tied off (``CSDECODE="0b000"``), no resets, port B's output register
-always enabled (``OCEB=1``). Read data then appear two cycles after a read with
-``CEB`` high: the block's read latch loads at the first edge, its output
+always enabled (``OCEB=1``) or enabled with the read (``OCEB=CEB``, a
+pipeline that stalls as a whole). Read data then appear two cycles after a read
+with ``CEB`` high: the block's read latch loads at the first edge, its output
 register at the second; both hold while ``CEB`` is low, like a synchronous
 read port followed by a register.
 """
@@ -52,11 +53,12 @@ def words_per_block(bits: int) -> int:
 
 
 def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
-                 output_register: bool = True, domain: str = "sync") -> dict:
+                 output_register: bool = True, r_out_en=None, domain: str = "sync") -> dict:
     """Keyword arguments for ``Instance("DP16KD", **kw)`` (or :class:`DP16KDModel`).
 
     ``w_addr``/``r_addr`` are word addresses (up to ``16384 / bits`` words), ``w_data``
-    and ``r_data`` ``bits`` wide (``r_data`` is driven by the block).
+    and ``r_data`` ``bits`` wide (``r_data`` is driven by the block). ``r_out_en`` enables
+    the output register (``OCEB``; always when None).
     """
     if bits not in DATA_WIDTH:
         raise ValueError(f"a DP16KD port stores 1, 2, 4, 8 or 16 bits per word, not {bits}")
@@ -70,7 +72,8 @@ def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
         "p_RESETMODE": "SYNC", "p_ASYNC_RESET_RELEASE": "SYNC", "p_GSR": "DISABLED",
         "i_CLKA": ClockSignal(domain), "i_CLKB": ClockSignal(domain),
         "i_CEA": w_en, "i_WEA": w_en, "i_OCEA": Const(1, 1), "i_RSTA": Const(0, 1),
-        "i_CEB": r_en, "i_WEB": Const(0, 1), "i_OCEB": Const(1, 1), "i_RSTB": Const(0, 1),
+        "i_CEB": r_en, "i_WEB": Const(0, 1), "i_OCEB": Const(1, 1) if r_out_en is None else r_out_en,
+        "i_RSTB": Const(0, 1),
     }
     for port in "AB":
         for k in range(3):

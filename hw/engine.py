@@ -102,6 +102,7 @@ class Engine(wiring.Component):
         #: "model" simulates the DP16KD primitives' wiring)
         self.block_ram = block_ram
         self.shift = params.shift_unit()
+        self.shift.block_ram = block_ram
         self.array = SystolicArray(params.rows, params.cols, out_lanes=params.lanes,
                                    tag_width=tag_layout(params).size, max_cin=params.max_gather)
         self.stage = OutputStage(params.lanes, max_channels=params.max_cout,

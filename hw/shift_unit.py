@@ -67,7 +67,9 @@ Memory use
 * ring: L banks x ``depth`` words x ``bits`` (default depth:
   ``max((2R+1) * W_max, 2R * W_max + 2R + 3) * ceil(C_in_max / L)``, R = ``radius``),
   i.e. about ``(2R+1) * W_max * C_in_max`` bytes in total; on ECP5 each bank
-  maps to ``ceil(depth / 2048)`` EBRs at 8 bits (9-bit wide 18 Kbit blocks);
+  maps to ``ceil(depth / 2048)`` EBRs at 8 bits (9-bit wide 18 Kbit blocks),
+  ``DP16KD`` primitives whose own output register is the pipeline's stage 3
+  (:class:`hw.sliced_memory.SlicedMemory`);
 * schedule: ``max_slots`` x ``slot_layout.size`` bits (default ``max_slots =
   C_out_max``, enough for the worst table); about ``L * (ceil_log2(depth) + 2 *
   bits_for(R) + 5) + 1`` bits per slot;
@@ -96,6 +98,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
+
+from .sliced_memory import SlicedMemory
 
 __all__ = ["ShiftUnit", "ShiftProgram", "Slot", "bank_map", "plan_slots"]
 
@@ -305,6 +309,8 @@ class ShiftUnit(wiring.Component):
                 f"max_slots must be at least ceil(max_cout / lanes) = {math.ceil(max_cout / lanes)}, not {max_slots!r}")
 
         self._lanes, self._bits, self._signed = lanes, bits, signed
+        #: how the ring banks build their block RAMs (hw.sliced_memory.SlicedMemory's block_ram)
+        self.block_ram = "auto"
         self._max_width, self._max_height = max_width, max_height
         self._max_cin, self._max_cout, self._radius = max_cin, max_cout, radius
         self._depth, self._max_slots, self._max_in_beats = depth, max_slots, in_beats
@@ -463,13 +469,17 @@ class ShiftUnit(wiring.Component):
             tab_wr.data.eq(self.tab.payload.data),
             tab_wr.en.eq(self.tab.valid),
         ]
+        # Each bank's read data pass through one register that advances with the pipeline (stage
+        # 3); on ECP5 it is the block RAM's own output register (hw.sliced_memory): 85F t34's
+        # critical path ran from a ring block RAM (5.8 ns clock-to-out) across the die to it.
         bank_wr, bank_rd = [], []
         for k in range(L):
-            bank = Memory(shape=self.elem_shape, depth=self.depth, init=[])
+            bank = SlicedMemory(width=self.elem_shape.width, depth=self.depth, name=f"bank{k}",
+                                output_registers=1, registers_follow_en=True, block_ram=self.block_ram)
             m.submodules[f"bank{k}"] = bank
-            bank_wr.append(bank.write_port())
+            bank_wr.append(bank.write)
             # Never read and written at the same word in one cycle (see flow control).
-            bank_rd.append(bank.read_port(transparent_for=()))
+            bank_rd.append(bank.reads[0])
 
         # Whole-pipeline advance: the output register is free or being emptied.
         run = ~self.o.valid | self.o.ready
@@ -598,13 +608,13 @@ class ShiftUnit(wiring.Component):
             m.d.sync += [v3.eq(v2), inside3.eq(Cat(*inside)), lane3.eq(entry.lane), last3.eq(entry.last)]
 
         # ---- stage 3: bank words registered (block RAM outputs are slow) ---------
-        words4 = [Signal(self.elem_shape, name=f"word{k}") for k in range(L)]
+        # (the register is the bank's own: its read data are one cycle behind the read)
+        words4 = [bank_rd[k].data.as_signed() if self.elem_shape.signed else bank_rd[k].data for k in range(L)]
         inside4 = Signal(L)
         lane4 = Signal(self.slot_layout["lane"].shape)
         last4, v4 = Signal(), Signal()
         with m.If(run):
             m.d.sync += [v4.eq(v3), inside4.eq(inside3), lane4.eq(lane3), last4.eq(last3)]
-            m.d.sync += [words4[k].eq(bank_rd[k].data) for k in range(L)]
 
         # ---- stage 4: pick a bank per lane, zero fill, assemble the beat ---------
         words = Array(Mux(inside4[k], words4[k], 0) for k in range(L))

@@ -47,6 +47,11 @@ selects its block after that register, with the block index delayed to match;
 further output registers follow the selection. The latency is the same as the
 inferred memory's. The read data registers are reset-less in both forms, like
 the block RAM's.
+
+With ``registers_follow_en=True`` the output registers load only in cycles when
+the port's ``en`` is high, like the read itself: a read port inside a pipeline
+that stalls as a whole (the shift unit's ring banks), where ``en`` is the
+pipeline's advance.
 """
 
 from __future__ import annotations
@@ -124,7 +129,8 @@ class SlicedMemory(Elaboratable):
 
     def __init__(self, *, width: int, depth: int, read_ports: int = 1, slice_bits: int | None = None,
                  name: str = "mem", input_registers: bool = False, output_registers: int | bool = 0,
-                 slices_per_copy: int = 4, max_deep: int = 0, block_ram: str = "auto"):
+                 slices_per_copy: int = 4, max_deep: int = 0, block_ram: str = "auto",
+                 registers_follow_en: bool = False):
         self.width, self.depth = width, depth
         self.input_registers = input_registers
         self.output_registers = int(output_registers)      # register stages behind each slice's read data
@@ -145,6 +151,10 @@ class SlicedMemory(Elaboratable):
                              f"slices of 1, 2, 4, 8 or 16 bits (this one: {self.output_registers}, "
                              f"{self.slice_bits} bits)")
         self.block_ram = block_ram
+        if registers_follow_en and input_registers:
+            raise ValueError(f"SlicedMemory {name}: registers_follow_en needs input_registers=False "
+                             "(the output registers advance with the port's own en)")
+        self.registers_follow_en = registers_follow_en
 
     def _primitive_fits(self) -> bool:
         return self.output_registers >= 1 and self.slice_bits in DATA_WIDTH
@@ -186,10 +196,11 @@ class SlicedMemory(Elaboratable):
             else:
                 slice_data = self._primitive_slice(m, primitive, lo, hi, w_ctl[s], w_data, [ctl[s] for ctl in r_ctl])
                 stages = self.output_registers - 1        # the first is the block RAM's own
-            for port, data in zip(self.reads, slice_data):
+            for port, ctl, data in zip(self.reads, r_ctl, slice_data):
                 for k in range(stages):
                     data_q = Signal(hi - lo, name=f"{port.data.name}_q{k}_{lo}", reset_less=True)
-                    m.d.sync += data_q.eq(data)
+                    with m.If(ctl[s][1] if self.registers_follow_en else 1):
+                        m.d.sync += data_q.eq(data)
                     data = data_q
                 m.d.comb += port.data[lo:hi].eq(data)
         return m
@@ -226,7 +237,8 @@ class SlicedMemory(Elaboratable):
                 b_wen = w_en & (w_addr[lg_words:] == j) if deep > 1 else w_en
                 m.submodules[f"{self.name}_r{r}_{lo}_b{j}"] = primitive(**dp16kd_ports(
                     bits=bits, w_addr=w_addr[:lg_words], w_data=w_full, w_en=b_wen,
-                    r_addr=r_addr[:lg_words], r_data=b_data, r_en=r_en))
+                    r_addr=r_addr[:lg_words], r_data=b_data, r_en=r_en,
+                    r_out_en=r_en if self.registers_follow_en else None))
                 blocks.append(b_data[:hi - lo])
             if deep == 1:
                 out.append(blocks[0])
@@ -236,7 +248,8 @@ class SlicedMemory(Elaboratable):
             idx_out = Signal(range(deep), name=f"{self.name}_r{r}_{lo}_idx1", reset_less=True)
             with m.If(r_en):
                 m.d.sync += idx_latch.eq(r_addr[lg_words:])
-            m.d.sync += idx_out.eq(idx_latch)
+            with m.If(r_en if self.registers_follow_en else 1):
+                m.d.sync += idx_out.eq(idx_latch)
             sel = Signal(hi - lo, name=f"{self.name}_r{r}_{lo}_sel")
             with m.Switch(idx_out):
                 for j, b in enumerate(blocks):

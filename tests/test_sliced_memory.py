@@ -161,3 +161,39 @@ def test_on_ecp5_the_slices_are_dp16kd_blocks_with_their_output_register():
     assert cells(None, output_registers=2) == (0, 0)                     # simulation: inferred memories
     assert cells(ULX3S_85F_Platform(), output_registers=0) == (0, 0)     # no register to absorb
     assert cells(ULX3S_85F_Platform(), output_registers=1, block_ram="inferred") == (0, 0)
+
+
+@pytest.mark.parametrize("block_ram", ["inferred", "model"])
+def test_registers_that_follow_en_stall_with_the_read(block_ram):
+    """``registers_follow_en``: the read and the output register advance together, only when ``en`` is high."""
+    depth = 5000                                    # 8-bit slices of 2048 x 9: three blocks deep
+    mem = SlicedMemory(width=8, depth=depth, read_ports=1, name="m", output_registers=1, slice_bits=8,
+                       registers_follow_en=True, block_ram=block_ram)
+    (rd,) = mem.reads
+    rng = random.Random(7)
+    content = {a: rng.getrandbits(8) for a in range(0, depth, 7)}
+
+    async def bench(ctx):
+        for a, v in content.items():
+            ctx.set(mem.write.addr, a)
+            ctx.set(mem.write.data, v)
+            ctx.set(mem.write.en, 1)
+            await ctx.tick()
+        ctx.set(mem.write.en, 0)
+        latch = out = None
+        for cycle in range(300):
+            a, en = rng.choice(list(content)), rng.random() < 0.5
+            ctx.set(rd.addr, a)
+            ctx.set(rd.en, en)
+            await ctx.tick()
+            if en:
+                latch, out = content[a], latch
+            if out is not None:
+                assert ctx.get(rd.data) == out, f"cycle {cycle}"
+
+    sim = Simulator(mem)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    with pytest.raises(ValueError, match="registers_follow_en needs input_registers=False"):
+        SlicedMemory(width=8, depth=64, input_registers=True, output_registers=1, registers_follow_en=True)
