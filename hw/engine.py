@@ -651,9 +651,14 @@ class Engine(wiring.Component):
                     stage.tbl.payload.entry.eq(t_data2),
                 ]
                 with m.If(~more_s & ~more_t & ~ts_v & ~tt_v & ~ts_v2 & ~tt_v2):
-                    m.d.comb += start.eq(1)
-                    m.d.sync += shift_cfg.eq(desc.shift.as_value())
-                    m.next = "RUN"
+                    m.next = "START"
+            with m.State("START"):
+                # its own state, so the start pulse (which fans out across the datapath) is decoded
+                # from the state register alone (45F t18's critical path ran from the table
+                # counters through the end-of-tables comparisons into it)
+                m.d.comb += start.eq(1)
+                m.d.sync += shift_cfg.eq(desc.shift.as_value())
+                m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += in_run.eq(1)
                 with m.If((writes == desc.out_beats) & rd_idle & ~shift.busy & ~stage.busy & ~start):

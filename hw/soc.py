@@ -253,7 +253,8 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     from .sliced_memory import sliced_blocks
 
     # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks (the descriptors' are 16 bits)
-    sliced = {"act": (p.slice_depth, None), "weight": (p.slice_depth, None), "desc": (0, 16)}
+    sliced = {"act": (p.slice_depth, None), "weight": (p.slice_depth, None), "desc": (0, 16),
+              "shift_ring": (0, None)}
     out = {}
     for name, (w, d, copies) in mems.items():
         if name in sliced:
