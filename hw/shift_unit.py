@@ -99,6 +99,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .fanout import register_copies
 from .sliced_memory import SlicedMemory
 
 __all__ = ["ShiftUnit", "ShiftProgram", "Slot", "bank_map", "plan_slots"]
@@ -521,12 +522,21 @@ class ShiftUnit(wiring.Component):
         in_fire = self.i.valid & self.i.ready
         in_pixel_done = in_fire & (in_beat + 1 == cfg.in_beats)
         in_lanes = Array(self.i.payload[k] for k in range(L))
+        # An accepted beat is written a cycle later, from registers: one copy of the address and
+        # enable per bank (hw.fanout), so the handshake never reaches the write enables of block
+        # RAMs spread over the die (85F t35's critical path: the flow-control limits -> i.ready ->
+        # the ring's write enables). A later write is still safe: its pixel is read at the
+        # earliest three cycles after its last beat was accepted (lead, issue, stage 2), and
+        # the old word it replaces was read earlier still.
+        w_ctl = register_copies(m, platform, Cat(wptr, in_fire), L, "ring_w")
         for k in range(L):
+            w_data = Signal(self.elem_shape.width, name=f"ring_wdata{k}")
+            # bank k stores lane cfg.bank_lane[k] (k itself, or a copy for small C_in)
+            m.d.sync += w_data.eq(in_lanes[cfg.bank_lane[k]] if L > 1 else in_lanes[0])
             m.d.comb += [
-                bank_wr[k].addr.eq(wptr),
-                # bank k stores lane cfg.bank_lane[k] (k itself, or a copy for small C_in)
-                bank_wr[k].data.eq(in_lanes[cfg.bank_lane[k]] if L > 1 else in_lanes[0]),
-                bank_wr[k].en.eq(in_fire),
+                bank_wr[k].addr.eq(w_ctl[k][:abits]),
+                bank_wr[k].data.eq(w_data),
+                bank_wr[k].en.eq(w_ctl[k][abits]),
             ]
         with m.If(in_fire):
             m.d.sync += wptr.eq(Mux(wptr + 1 == cfg.ring_words, 0, wptr + 1))
