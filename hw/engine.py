@@ -333,8 +333,9 @@ class Engine(wiring.Component):
         ]
 
         # ------------------------------------------------------------ output path
-        # Seven register stages: Y registers the array beat with its absolute channel and pixel,
-        # Z the word offset (the one multiply), A the output and residual addresses; the residual
+        # Eight register stages: Y registers the array beat with its absolute channel and pixel,
+        # M the pixel's word offset (the one multiply), Z the beat's word offset, A the output and
+        # residual addresses (45F t20's critical path was the multiply and its add in one stage); the residual
         # read returns its word ACT_READ_LATENCY (4) stages later, in E, and E's beat, address and
         # residual go into the beat FIFO in front of the output stage. Every memory address and enable here starts at a
         # flip-flop.
@@ -349,9 +350,11 @@ class Engine(wiring.Component):
                         first=Signal(name=f"{prefix}_first"), last=Signal(name=f"{prefix}_last"),
                         ctx=Signal(name=f"{prefix}_ctx"))
 
-        y, z, a = (stage_regs(n) for n in ("y", "z", "a"))
+        y, mul, z, a = (stage_regs(n) for n in ("y", "m", "z", "a"))
         y_pix = Signal(range(p.max_out_pixels + P))
+        y_words = Signal(max(len(desc.shift.in_beats), len(desc.out_words)))      # words per pixel
         z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
+        m_pix_off = Signal.like(z_word_off)
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
@@ -372,13 +375,16 @@ class Engine(wiring.Component):
         # pixel) with the mid's words per pixel; its output-stage entries start at a_table_off
         advance(y, array_take, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan, ctx=tag.ctx))
         with m.If(array_take):
-            m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
+            m.d.sync += [y_pix.eq(tag.pix0 + ao.pixel),
+                         y_words.eq(Mux(tag.ctx, desc.shift.in_beats, desc.out_words))]
         keys = ("acc", "mask", "chan", "first", "last", "ctx")
-        advance(z, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
-                                    last=y_pix + 1 == desc.out_pixels, ctx=y["ctx"]))
+        advance(mul, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
+                                      last=y_pix + 1 == desc.out_pixels, ctx=y["ctx"]))
         with m.If(y["valid"]):
-            m.d.sync += z_word_off.eq(y_pix * Mux(y["ctx"], desc.shift.in_beats, desc.out_words)
-                                      + (y["chan"] >> lg_l))
+            m.d.sync += m_pix_off.eq(y_pix * y_words)
+        advance(z, mul["valid"], {k: mul[k] for k in keys})
+        with m.If(mul["valid"]):
+            m.d.sync += z_word_off.eq(m_pix_off + (mul["chan"] >> lg_l))
         advance(a, z["valid"], {k: z[k] for k in keys})
         with m.If(z["valid"]):
             m.d.sync += [
@@ -403,7 +409,7 @@ class Engine(wiring.Component):
             waits.append(st)
             tail, tail_addr = st, st_addr
         with m.If(start):
-            m.d.sync += [st["valid"].eq(0) for st in (y, z, a, *waits)]
+            m.d.sync += [st["valid"].eq(0) for st in (y, mul, z, a, *waits)]
         m.d.comb += [act_res.addr.eq(a_res_addr), act_res.en.eq(1)]
 
         # beat FIFO: E's beat with its output address and residual word, into the output stage
