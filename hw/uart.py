@@ -14,10 +14,10 @@ clock      divisor  error
 48 MHz     16       0 %
 50 MHz     17       -1.96 %
 60 MHz     20       0 %
-62.5 MHz   21       -0.79 %
 70 MHz     23       +1.45 %
 75 MHz     25       0 %
 80 MHz     27       -1.23 %
+95.83 MHz  32       -0.17 %
 =========  =======  =========
 
 so a PLL output that is a multiple of 3 MHz is the comfortable choice.
