@@ -38,8 +38,8 @@ __all__ = ["DP16KD_BITS", "DATA_WIDTH", "dp16kd_ports", "DP16KDModel"]
 DP16KD_BITS = 16384
 
 #: the block's ``DATA_WIDTH`` for each slice width it stores: 8- and 16-bit slices use the
-#: 9- and 18-bit shapes, leaving their parity bits unused
-DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 16: 18}
+#: 9- and 18-bit shapes, leaving their parity bits unused; 9- and 18-bit slices use them all
+DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 9: 9, 16: 18, 18: 18}
 
 #: address pins below the word address in each shape (the word address sits in AD13..ADn)
 _ADDR_LSB = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4}
@@ -48,8 +48,8 @@ _WORDS = {1: 16384, 2: 8192, 4: 4096, 9: 2048, 18: 1024}
 
 
 def words_per_block(bits: int) -> int:
-    """Words of ``bits`` bits one block holds (16384 / ``bits``)."""
-    return DP16KD_BITS // bits
+    """Words of ``bits`` bits one block holds (16384 / ``bits``; 2048 of 9 bits, 1024 of 18)."""
+    return _WORDS[DATA_WIDTH[bits]] if bits in DATA_WIDTH else DP16KD_BITS // bits
 
 
 def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
@@ -61,7 +61,7 @@ def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
     the output register (``OCEB``; always when None).
     """
     if bits not in DATA_WIDTH:
-        raise ValueError(f"a DP16KD port stores 1, 2, 4, 8 or 16 bits per word, not {bits}")
+        raise ValueError(f"a DP16KD port stores 1, 2, 4, 8, 9, 16 or 18 bits per word, not {bits}")
     width = DATA_WIDTH[bits]
     lsb = _ADDR_LSB[width]
     kw = {

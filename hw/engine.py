@@ -166,7 +166,10 @@ class Engine(wiring.Component):
         desc_mem = SlicedMemory(width=32, depth=p.max_layers * DESC_WORDS, read_ports=1, name="desc_mem",
                                 output_registers=1, slice_bits=16, block_ram=self.block_ram)
         sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
-        table = Memory(shape=TableEntry.size, depth=p.table_words, init=[])
+        # the channel tables behind a register (on ECP5 the block RAM's own, in 18-bit slices: as many
+        # blocks as yosys maps): t37's critical path ran from a table block RAM into the host read
+        table = SlicedMemory(width=TableEntry.size, depth=p.table_words, read_ports=1, name="table",
+                             output_registers=1, slice_bits=18, block_ram=self.block_ram)
         logits = Memory(shape=32 * L, depth=p.logit_words, init=[])
         counters = Memory(shape=32, depth=2 * p.max_layers, init=[])
         for name, mem in (("act", act), ("weight", weight), ("desc_mem", desc_mem), ("sched", sched),
@@ -176,7 +179,7 @@ class Engine(wiring.Component):
         w_wr, (w_rd,) = weight.write, weight.reads
         d_wr, (d_rd,) = desc_mem.write, desc_mem.reads
         s_wr, s_rd = sched.write_port(), sched.read_port(transparent_for=())
-        t_wr, t_rd = table.write_port(), table.read_port(transparent_for=())
+        t_wr, (t_rd,) = table.write, table.reads
         l_wr, l_rd = logits.write_port(), logits.read_port(transparent_for=())
         c_wr, c_rd = counters.write_port(), counters.read_port(transparent_for=())
 
@@ -503,7 +506,7 @@ class Engine(wiring.Component):
         # a read's request travels through read_pending[0..]: the slowest memory's read (the big
         # memories' port register, block-RAM read and data register), then the region's word
         # register; read_done: the register after the region multiplexer
-        slowest_read = max(act.read_latency, weight.read_latency, desc_mem.read_latency)
+        slowest_read = max(act.read_latency, weight.read_latency, desc_mem.read_latency, table.read_latency)
         read_pending = [Signal(name=f"read_pending{k}") for k in range(slowest_read + 1)]
         read_done = Signal()
         host_owns = ~running
@@ -541,7 +544,7 @@ class Engine(wiring.Component):
             # memories' data are registered already. Neither adds to the read's six cycles, which
             # the big memories' latency sets.
             entry_data = rd.data
-            if k > 1 and reg not in (Region.ACT, Region.WEIGHT, Region.DESC):
+            if k > 1 and reg not in (Region.ACT, Region.WEIGHT, Region.DESC, Region.TABLE):
                 entry_data = Signal(width, name=f"host_rd_entry{reg}", reset_less=True)
                 m.d.sync += entry_data.eq(rd.data)
             padded = Cat(entry_data, Const(0, 32 * k - width)) if 32 * k > width else entry_data
@@ -614,7 +617,6 @@ class Engine(wiring.Component):
         ts_v2, tt_v2 = Signal(), Signal()
         ts_i2, tt_i2 = Signal.like(shift.tab.payload.addr), Signal.like(stage.tbl.payload.chan)
         s_data2 = Signal.like(s_rd.data, reset_less=True)
-        t_data2 = Signal.like(t_rd.data, reset_less=True)
         with m.If(running):
             m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
 
@@ -636,16 +638,16 @@ class Engine(wiring.Component):
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
                 # one read per cycle from each memory; the word read in cycle n is registered in n+1
-                # (beside its index) and written in n+2: the block RAMs' data go to a register only
-                # (45F t17's critical path ran from the channel table's block RAM into the output
-                # stage's tables)
+                # (beside its index; the table's word in its own output register) and written in
+                # n+2: the block RAMs' data go to a register only (45F t17's critical path ran from
+                # the channel table's block RAM into the output stage's tables)
                 m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
                              t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
                 m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t),
                              ts_v2.eq(ts_v), ts_i2.eq(ts - 1), s_data2.eq(s_rd.data),
-                             tt_v2.eq(tt_v), tt_i2.eq(tt - 1), t_data2.eq(t_rd.data)]
+                             tt_v2.eq(tt_v), tt_i2.eq(tt - 1)]
                 with m.If(more_s):
                     m.d.sync += ts.eq(ts + 1)
                 with m.If(more_t):
@@ -654,7 +656,7 @@ class Engine(wiring.Component):
                     shift.tab.valid.eq(ts_v2), shift.tab.payload.addr.eq(ts_i2),
                     shift.tab.payload.data.eq(s_data2),
                     stage.tbl.valid.eq(tt_v2), stage.tbl.payload.chan.eq(tt_i2),
-                    stage.tbl.payload.entry.eq(t_data2),
+                    stage.tbl.payload.entry.eq(t_rd.data),     # the table's own output register
                 ]
                 with m.If(~more_s & ~more_t & ~ts_v & ~tt_v & ~ts_v2 & ~tt_v2):
                     m.next = "START"

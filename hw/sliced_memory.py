@@ -98,7 +98,7 @@ def sliced_blocks(width: int, depth: int, max_deep: int = 0, slice_bits: int | N
     """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth`` (``max_deep``: :func:`slice_bits_for`;
     ``slice_bits`` where the memory is given its slice width)."""
     bits = slice_bits or slice_bits_for(depth, width, max_deep)
-    return -(-width // bits) * -(-depth * bits // BLOCK_BITS)
+    return -(-width // bits) * -(-depth // words_per_block(bits))
 
 
 class _Port:
@@ -119,7 +119,7 @@ class SlicedMemory(Elaboratable):
         Bits per slice memory (:func:`slice_bits_for` unless given).
 
     ``block_ram`` chooses how slices are built: ``"auto"`` (DP16KD primitives with their output
-    register on ECP5 when ``output_registers`` >= 1 and the slice is at most 16 bits, inferred
+    register on ECP5 when ``output_registers`` >= 1 and the slice is 1, 2, 4, 8, 9, 16 or 18 bits, inferred
     memories otherwise), ``"inferred"`` (always :class:`amaranth.lib.memory.Memory`),
     ``"dp16kd"`` (always the primitive) or ``"model"`` (the primitive's wiring on
     :class:`hw.dp16kd.DP16KDModel`, for Amaranth's simulator).
@@ -148,7 +148,7 @@ class SlicedMemory(Elaboratable):
                              f"not {block_ram!r}")
         if block_ram in ("dp16kd", "model") and not self._primitive_fits():
             raise ValueError(f"SlicedMemory {name}: DP16KD primitives need output_registers >= 1 and "
-                             f"slices of 1, 2, 4, 8 or 16 bits (this one: {self.output_registers}, "
+                             f"slices of 1, 2, 4, 8, 9, 16 or 18 bits (this one: {self.output_registers}, "
                              f"{self.slice_bits} bits)")
         self.block_ram = block_ram
         if registers_follow_en and input_registers:

@@ -162,27 +162,27 @@ SOC_PARAMS = {
 SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
 
 #: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides), each a
-#: clock whose build met timing and that makes 3 Mbaud within 2 %. The 85F SoC built at 80 MHz
-#: (the PLL makes exactly 80, x16/5; 27 cycles per UART bit, -1.2 %) met timing with Fmax
-#: 84.32 MHz (docs/BUILD.md, t37: the block RAMs' own output registers behind the sliced memories
-#: and the shift unit's ring, the paths behind them registered; the same engine less the output
-#: path's multiply stage, t36, met 75 MHz with 80.29; before them 70 MHz, t31: 70.14 MHz; 62.5 MHz,
-#: t29: 66.15 MHz; 60 MHz, t25: 65.87 MHz; 54.17 MHz, t24 s2: 56.00 MHz; 45 MHz, t19: 52.24 MHz).
+#: clock whose build met timing and that makes 3 Mbaud within 2 %. The 85F SoC built at 84 MHz
+#: (the PLL makes 84.375, x27/8; 28 cycles per UART bit, +0.4 %) met timing with Fmax 88.68 MHz
+#: (docs/BUILD.md, t39: the block RAMs' own output registers behind the sliced memories, the
+#: channel tables and the shift unit's ring, the paths behind them registered; without the
+#: tables', t37 met 80 MHz with 84.32; before them 70 MHz, t31: 70.14 MHz; 62.5 MHz, t29:
+#: 66.15 MHz; 60 MHz, t25: 65.87 MHz; 54.17 MHz, t24 s2: 56.00 MHz; 45 MHz, t19: 52.24 MHz).
 #: The 45F SoC built at 96 MHz (the PLL makes 95.83, x23/6; 32 cycles per bit, -0.2 %) met timing
-#: with Fmax 98.80 MHz (docs/BUILD.md, 45F t21; before them 80 MHz, t14: 81.36 MHz; 75 MHz, t8:
-#: 76.52 MHz; 66 MHz, t7: 71.83 MHz). The smaller parts were not measured; they keep 36 MHz
-#: (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
-SOC_CLOCK_MHZ = {"LFE5U-85F": 80.0, "LFE5U-45F": 96.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
+#: with Fmax 97.93 MHz (docs/BUILD.md, 45F t23, seed 3; seed 2 made 95.07, t22; before them 80 MHz,
+#: t14: 81.36 MHz; 75 MHz, t8: 76.52 MHz; 66 MHz, t7: 71.83 MHz). The smaller parts were not
+#: measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
+SOC_CLOCK_MHZ = {"LFE5U-85F": 84.0, "LFE5U-45F": 96.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
 #: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1): the seed it was
-#: measured to route with at its default clock (85F: t37, 84.32 MHz; 45F: t21, 98.80 MHz;
+#: measured to route with at its default clock (85F: t39, 88.68 MHz; 45F: t23, 97.93 MHz;
 #: docs/BUILD.md). nextpnr is deterministic for a given design, seed and thread count, so the
 #: default build reproduces the measured one.
-SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 2}
+SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 3}
 
 #: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). router2
 #: diverged on both SoCs (45F t1, t2; 85F t22 s2, s3 and earlier runs), router1 routed every
-#: build it was given: the 45F (t3-t21, 3-15 minutes of routing) and the 85F (t23-t37,
+#: build it was given: the 45F (t3-t23, 3-15 minutes of routing) and the 85F (t23-t39,
 #: 7-27 minutes of routing, most of them beside other builds; docs/BUILD.md).
 SOC_ROUTER = {"LFE5U-85F": "router1", "LFE5U-45F": "router1"}
 
@@ -252,9 +252,9 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     }
     from .sliced_memory import sliced_blocks
 
-    # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks (the descriptors' are 16 bits)
+    # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks (descriptors 16 bits, tables 18)
     sliced = {"act": (p.slice_depth, None), "weight": (p.slice_depth, None), "desc": (0, 16),
-              "shift_ring": (0, None)}
+              "table": (0, 18), "shift_ring": (0, None)}
     out = {}
     for name, (w, d, copies) in mems.items():
         if name in sliced:

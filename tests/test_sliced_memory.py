@@ -53,6 +53,8 @@ def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_reg
     (8192, 4, 2),         # one 8192 x 2 block per slice
     (3000, 16, 8),        # 2048 x 9 blocks: two deep, the parity bit unused
     (1024, 40, 16),       # 1024 x 18 blocks (two byte enables), a last slice of 8 bits
+    (2500, 54, 18),       # all 18 bits of the 1024 x 18 shape: the channel table's slices, 3 deep
+    (3000, 9, 9),         # all 9 bits of 2048 x 9
 ])
 def test_every_dp16kd_shape_reads_back_what_was_written(depth, width, slice_bits):
     mem = SlicedMemory(width=width, depth=depth, read_ports=1, name="m", input_registers=True,
@@ -63,7 +65,7 @@ def test_every_dp16kd_shape_reads_back_what_was_written(depth, width, slice_bits
 def test_the_primitive_is_refused_where_it_does_not_fit():
     with pytest.raises(ValueError, match="output_registers >= 1"):
         SlicedMemory(width=8, depth=64, output_registers=0, block_ram="dp16kd")
-    with pytest.raises(ValueError, match="16 bits"):
+    with pytest.raises(ValueError, match="18 bits"):
         SlicedMemory(width=64, depth=64, output_registers=1, slice_bits=32, block_ram="model")
     with pytest.raises(ValueError, match="block_ram must be one of"):
         SlicedMemory(width=8, depth=64, block_ram="bram")
