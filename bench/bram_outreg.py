@@ -7,7 +7,8 @@ script places and routes one ``DP16KD`` on the LFE5U-85F twice, with
 ``REGMODE_B = "NOREG"`` and ``"OUTREG"``, its port B read data going straight into
 a register, and prints what nextpnr reports: the Fmax and the critical path's
 first element (a block RAM's ``DOB`` pin, or fabric logic once the block RAM is
-off the critical path). The address comes from an LFSR, so nothing is optimised
+off the critical path). The block is wired by :func:`hw.dp16kd.dp16kd_ports`,
+as the engine's are. The address comes from an LFSR, so nothing is optimised
 away; the data leave through an XOR into one pin.
 
 Usage::
@@ -30,46 +31,45 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from amaranth import Cat, Const, Elaboratable, Instance, Module, Signal  # noqa: E402
+from amaranth.back import rtlil  # noqa: E402
+
 from hw.build import ToolMissing, find_tool  # noqa: E402  (the same tool lookup as python -m hw.build)
-
-#: port B of the block RAM: 18-bit words (ADB0/1 unused in that shape), ADB2..13 from the address register
-_VERILOG = """
-module top(input clk, input din, output dout);
-  reg [15:0] lfsr = 16'hACE1;
-  reg [11:0] addr = 0;
-  reg [17:0] q = 0, q2 = 0;
-  wire [17:0] dob;
-  always @(posedge clk) begin
-    lfsr <= {{lfsr[14:0], lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10] ^ din}};
-    addr <= lfsr[11:0];
-    q <= dob;
-    q2 <= q;
-  end
-  DP16KD #(.DATA_WIDTH_A(18), .DATA_WIDTH_B(18), .REGMODE_A("NOREG"), .REGMODE_B("{mode}"),
-           .WRITEMODE_A("NORMAL"), .WRITEMODE_B("NORMAL"), .GSR("DISABLED")) ram (
-    .CLKA(clk), .CEA(1'b1), .OCEA(1'b1), .WEA(1'b1), .RSTA(1'b0), .CSA0(1'b0), .CSA1(1'b0), .CSA2(1'b0),
-    .ADA0(1'b1), .ADA1(1'b1), {ada},
-    {dia},
-    .CLKB(clk), .CEB(1'b1), .OCEB(1'b1), .WEB(1'b0), .RSTB(1'b0), .CSB0(1'b0), .CSB1(1'b0), .CSB2(1'b0),
-    .ADB0(1'b0), .ADB1(1'b0), {adb},
-    {dob});
-  assign dout = ^q2;
-endmodule
-"""
+from hw.dp16kd import dp16kd_ports  # noqa: E402  (the engine's own DP16KD wiring)
 
 
-def verilog(mode: str) -> str:
-    ada = ", ".join(f".ADA{i}(lfsr[{i - 2}])" for i in range(2, 14))
-    dia = ", ".join(f".DIA{i}(lfsr[{i}])" for i in range(16)) + ", .DIA16(din), .DIA17(din)"
-    adb = ", ".join(f".ADB{i}(addr[{i - 2}])" for i in range(2, 14))
-    dob = ", ".join(f".DOB{i}(dob[{i}])" for i in range(18))
-    return _VERILOG.format(mode=mode, ada=ada, dia=dia, adb=adb, dob=dob)
+class Probe(Elaboratable):
+    """One DP16KD (1024 x 18), wired by :func:`hw.dp16kd.dp16kd_ports` like the engine's blocks,
+    written from an LFSR and read at an address register, its port B data straight into a register."""
+
+    def __init__(self, output_register: bool):
+        self.output_register = output_register
+        self.din = Signal()
+        self.dout = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        lfsr = Signal(16, init=0xACE1)
+        addr = Signal(10)
+        dob, q, q2 = Signal(18), Signal(18), Signal(18)
+        feedback = lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10] ^ self.din
+        m.d.sync += [lfsr.eq(Cat(feedback, lfsr[:15])), addr.eq(lfsr[:10]), q.eq(dob), q2.eq(q)]
+        m.submodules.ram = Instance("DP16KD", **dp16kd_ports(
+            bits=18, w_addr=lfsr[:10], w_data=Cat(lfsr, self.din, self.din), w_en=Const(1, 1),
+            r_addr=addr, r_data=dob, r_en=Const(1, 1), output_register=self.output_register))
+        m.d.comb += self.dout.eq(q2.xor())
+        return m
+
+
+def rtlil_text(mode: str) -> str:
+    probe = Probe(output_register=mode == "OUTREG")
+    return rtlil.convert(probe, name="top", ports=[probe.din, probe.dout])
 
 
 def run_mode(mode: str, work: Path, tools: dict) -> dict:
-    src, net, log = work / f"top_{mode}.v", work / f"top_{mode}.json", work / f"pnr_{mode}.log"
-    src.write_text(verilog(mode))
-    subprocess.run([tools["yosys"], "-q", "-p", f"read_verilog {src.name}; synth_ecp5 -top top -json {net.name}"],
+    src, net, log = work / f"top_{mode}.il", work / f"top_{mode}.json", work / f"pnr_{mode}.log"
+    src.write_text(rtlil_text(mode))
+    subprocess.run([tools["yosys"], "-q", "-p", f"read_rtlil {src.name}; synth_ecp5 -top top -json {net.name}"],
                    cwd=work, check=True, capture_output=True)
     subprocess.run([tools["nextpnr-ecp5"], "--85k", "--package", "CABGA381", "--speed", "6", "--json", net.name,
                     "--freq", "200", "--seed", "1", "--log", log.name, "--quiet"],
@@ -87,7 +87,7 @@ def run_mode(mode: str, work: Path, tools: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write the rows here")
-    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep the Verilog, netlists and logs")
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep the RTLIL, netlists and logs")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)

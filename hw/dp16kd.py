@@ -6,7 +6,7 @@ speed grade 6), and in the 85F and 45F builds that clock-to-out plus the route
 to the next register was the critical path again and again (t28, t29, t32, t14).
 The block has an output register of its own (``REGMODE="OUTREG"``), behind which
 the data leave it like from any flip-flop: one DP16KD with its data straight
-into a register reaches 146 MHz without it and 476 MHz with it
+into a register reaches 145 MHz without it and 443 MHz with it
 (``python bench/bram_outreg.py``). Yosys cannot absorb a register into that
 slot, so :func:`dp16kd_ports` wires the primitive by hand and
 :class:`hw.sliced_memory.SlicedMemory` instantiates it on ECP5.
@@ -32,7 +32,8 @@ from __future__ import annotations
 from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
-__all__ = ["DP16KD_BITS", "DATA_WIDTH", "dp16kd_ports", "DP16KDModel"]
+__all__ = ["DP16KD_BITS", "DATA_WIDTH", "SHAPE_WORDS", "words_per_block", "blocks_deep", "dp16kd_ports",
+           "DP16KDModel"]
 
 #: bits of one block (the 9- and 18-bit shapes add a parity bit per byte, unused here)
 DP16KD_BITS = 16384
@@ -43,13 +44,19 @@ DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 9: 9, 16: 18, 18: 18}
 
 #: address pins below the word address in each shape (the word address sits in AD13..ADn)
 _ADDR_LSB = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4}
-#: words of each shape
-_WORDS = {1: 16384, 2: 8192, 4: 4096, 9: 2048, 18: 1024}
+#: words of each true-dual-port shape (``DATA_WIDTH``: words)
+SHAPE_WORDS = {1: 16384, 2: 8192, 4: 4096, 9: 2048, 18: 1024}
 
 
 def words_per_block(bits: int) -> int:
-    """Words of ``bits`` bits one block holds (16384 / ``bits``; 2048 of 9 bits, 1024 of 18)."""
-    return _WORDS[DATA_WIDTH[bits]] if bits in DATA_WIDTH else DP16KD_BITS // bits
+    """Words of ``bits`` bits one block holds (16384 / ``bits``; 2048 of 9 bits, 1024 of 18; 512 of
+    32 bits, the simple-dual-port shape that inferred memories may use)."""
+    return SHAPE_WORDS[DATA_WIDTH[bits]] if bits in DATA_WIDTH else DP16KD_BITS // bits
+
+
+def blocks_deep(depth: int, bits: int) -> int:
+    """Blocks one ``bits``-wide slice of ``depth`` words takes."""
+    return -(-depth // words_per_block(bits))
 
 
 def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
@@ -120,7 +127,7 @@ class DP16KDModel(Elaboratable):
         domain = kw["i_CLKB"].domain
         if kw["i_CLKA"].domain != domain:
             raise ValueError("DP16KDModel: both ports in one clock domain")
-        mem = m.submodules.mem = Memory(shape=width, depth=_WORDS[width], init=[])
+        mem = m.submodules.mem = Memory(shape=width, depth=SHAPE_WORDS[width], init=[])
         wr = mem.write_port(domain=domain, granularity=9 if width == 18 else None)
         rd = mem.read_port(domain=domain, transparent_for=())
 

@@ -98,11 +98,11 @@ class Engine(wiring.Component):
 
     def __init__(self, params: EngineParams = EngineParams(), block_ram: str = "auto"):
         self.params = params
-        #: how the sliced memories build their blocks (hw.sliced_memory.SlicedMemory's block_ram:
-        #: "model" simulates the DP16KD primitives' wiring)
+        #: how the sliced memories (and the shift unit's ring banks) build their block RAMs
+        #: (hw.sliced_memory.SlicedMemory's block_ram: "auto" uses DP16KD primitives on ECP5,
+        #: "model" simulates their wiring)
         self.block_ram = block_ram
-        self.shift = params.shift_unit()
-        self.shift.block_ram = block_ram
+        self.shift = params.shift_unit(block_ram=block_ram)
         self.array = SystolicArray(params.rows, params.cols, out_lanes=params.lanes,
                                    tag_width=tag_layout(params).size, max_cin=params.max_gather)
         self.stage = OutputStage(params.lanes, max_channels=params.max_cout,
@@ -492,21 +492,21 @@ class Engine(wiring.Component):
         bus = self.bus
         region = bus.addr[24:28]
         offset = bus.addr[:24]
-        regions = {  # region: (width, write port or None, read port)
-            Region.ACT: (8 * L, act_wr, act_rd),
-            Region.WEIGHT: (8 * Q, w_wr, w_rd),
-            Region.DESC: (32, d_wr, d_rd),
-            Region.SCHED: (shift.slot_layout.size, s_wr, s_rd),
-            Region.TABLE: (TableEntry.size, t_wr, t_rd),
-            Region.LOGITS: (32 * L, l_wr, l_rd),
-            Region.COUNTERS: (32, None, c_rd),
+        regions = {  # region: (width, write port or None, read port, its read latency)
+            Region.ACT: (8 * L, act_wr, act_rd, act.read_latency),
+            Region.WEIGHT: (8 * Q, w_wr, w_rd, weight.read_latency),
+            Region.DESC: (32, d_wr, d_rd, desc_mem.read_latency),
+            Region.SCHED: (shift.slot_layout.size, s_wr, s_rd, 1),
+            Region.TABLE: (TableEntry.size, t_wr, t_rd, table.read_latency),
+            Region.LOGITS: (32 * L, l_wr, l_rd, 1),
+            Region.COUNTERS: (32, None, c_rd, 1),
         }
-        max_parts = max(parts_for(w) for w, _, _ in regions.values())
+        max_parts = max(parts_for(w) for w, *_ in regions.values())
         staging = Signal(32 * max_parts)
         # a read's request travels through read_pending[0..]: the slowest memory's read (the big
         # memories' port register, block-RAM read and data register), then the region's word
         # register; read_done: the register after the region multiplexer
-        slowest_read = max(act.read_latency, weight.read_latency, desc_mem.read_latency, table.read_latency)
+        slowest_read = max(latency for *_, latency in regions.values())
         read_pending = [Signal(name=f"read_pending{k}") for k in range(slowest_read + 1)]
         read_done = Signal()
         host_owns = ~running
@@ -517,7 +517,7 @@ class Engine(wiring.Component):
         csr_data = Signal(32)
         r_data_sel = Signal(32)
         bus_part = Signal(range(max_parts))   # part of a wide entry this bus word is
-        for reg, (width, wr, rd) in regions.items():
+        for reg, (width, wr, rd, latency) in regions.items():
             k = parts_for(width)
             lg_k = ceil_log2(k)
             entry = offset >> lg_k
@@ -539,12 +539,12 @@ class Engine(wiring.Component):
                 m.d.comb += bus_part.eq(part)
             # each region's word registered next to its memory, then the region multiplexer: the
             # block RAMs' read data (about 5.8 ns clock-to-out) never meets the multiplexer directly.
-            # A wide entry of a plain memory is registered whole before its word is selected (t31's
-            # critical path ran from the table's block RAM through that selection); the sliced
-            # memories' data are registered already. Neither adds to the read's six cycles, which
-            # the big memories' latency sets.
+            # A wide entry read straight from a block RAM (latency 1) is registered whole before its
+            # word is selected (t31's critical path ran from the table's block RAM through that
+            # selection); the sliced memories' data are registered already. Neither adds to the
+            # read's six cycles, which the big memories' latency sets.
             entry_data = rd.data
-            if k > 1 and reg not in (Region.ACT, Region.WEIGHT, Region.DESC, Region.TABLE):
+            if k > 1 and latency == 1:
                 entry_data = Signal(width, name=f"host_rd_entry{reg}", reset_less=True)
                 m.d.sync += entry_data.eq(rd.data)
             padded = Cat(entry_data, Const(0, 32 * k - width)) if 32 * k > width else entry_data

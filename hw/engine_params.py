@@ -171,11 +171,12 @@ class EngineParams:
                     max_cin=self.max_cin, max_cout=self.max_gather, radius=self.radius,
                     signed=False, max_slots=self.max_gather)
 
-    def shift_unit(self, *, for_host: bool = False):
-        """The engine's shift unit; ``for_host=True`` for an instance that only compiles tables."""
+    def shift_unit(self, *, for_host: bool = False, block_ram: str = "auto"):
+        """The engine's shift unit; ``for_host=True`` for an instance that only compiles tables
+        (``block_ram``: how its ring banks build block RAMs, :class:`hw.sliced_memory.SlicedMemory`)."""
         from .shift_unit import ShiftUnit
 
-        unit = ShiftUnit(**self.shift_unit_kwargs())
+        unit = ShiftUnit(**self.shift_unit_kwargs(), block_ram=block_ram)
         if for_host:
             unit._MustUse__silence = True    # never elaborated: no "created but never used" warning
         return unit

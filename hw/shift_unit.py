@@ -261,6 +261,8 @@ class ShiftUnit(wiring.Component):
         Words per ring bank; default fits ``radius`` at ``max_width`` and ``max_cin``.
     max_slots : int, optional
         Schedule depth; default ``max_cout`` (enough for any table).
+    block_ram : str, optional
+        How the ring banks build block RAMs (:class:`hw.sliced_memory.SlicedMemory`'s ``block_ram``).
 
     Members
     -------
@@ -291,7 +293,7 @@ class ShiftUnit(wiring.Component):
 
     def __init__(self, *, lanes: int, max_width: int, max_height: int, max_cin: int, max_cout: int,
                  radius: int = 4, bits: int = 8, signed: bool = True, depth: int | None = None,
-                 max_slots: int | None = None):
+                 max_slots: int | None = None, block_ram: str = "auto"):
         for name, value in (("lanes", lanes), ("max_width", max_width), ("max_height", max_height),
                             ("max_cin", max_cin), ("max_cout", max_cout), ("bits", bits)):
             if not isinstance(value, int) or value < 1:
@@ -309,9 +311,7 @@ class ShiftUnit(wiring.Component):
             raise ValueError(
                 f"max_slots must be at least ceil(max_cout / lanes) = {math.ceil(max_cout / lanes)}, not {max_slots!r}")
 
-        self._lanes, self._bits, self._signed = lanes, bits, signed
-        #: how the ring banks build their block RAMs (hw.sliced_memory.SlicedMemory's block_ram)
-        self.block_ram = "auto"
+        self._lanes, self._bits, self._signed, self.block_ram = lanes, bits, signed, block_ram
         self._max_width, self._max_height = max_width, max_height
         self._max_cin, self._max_cout, self._radius = max_cin, max_cout, radius
         self._depth, self._max_slots, self._max_in_beats = depth, max_slots, in_beats

@@ -60,14 +60,14 @@ from amaranth import Cat, Elaboratable, Instance, Module, Signal
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
-from .dp16kd import DATA_WIDTH, DP16KDModel, dp16kd_ports, words_per_block
+from .dp16kd import DATA_WIDTH, DP16KDModel, blocks_deep, dp16kd_ports, words_per_block
 from .fanout import register_copies
 from .mult import _is_ecp5
 
 __all__ = ["SlicedMemory", "slice_bits_for", "sliced_blocks"]
 
-#: bits of one ECP5 DP16KD block RAM (the 18-bit shapes add parity bits that narrow shapes lack)
-BLOCK_BITS = 16384
+# the block shapes (words per block of each slice width, blocks per slice) are hw.dp16kd's, the
+# same for the primitives built here and for the estimate of hw.soc.estimate_resources
 
 
 def slice_bits_for(depth: int, width: int, max_deep: int = 0) -> int:
@@ -85,7 +85,7 @@ def slice_bits_for(depth: int, width: int, max_deep: int = 0) -> int:
     best = None
     bits = 1
     while bits <= max(1, width):
-        deep = -(-depth * bits // BLOCK_BITS)
+        deep = blocks_deep(depth, bits)
         too_deep = bool(max_deep) and deep > max_deep and bits > 1
         key = (too_deep, -(-width // bits) * deep, deep, -bits)
         if best is None or key < best[0]:
@@ -98,7 +98,7 @@ def sliced_blocks(width: int, depth: int, max_deep: int = 0, slice_bits: int | N
     """Block RAMs of one :class:`SlicedMemory` copy of ``width x depth`` (``max_deep``: :func:`slice_bits_for`;
     ``slice_bits`` where the memory is given its slice width)."""
     bits = slice_bits or slice_bits_for(depth, width, max_deep)
-    return -(-width // bits) * -(-depth // words_per_block(bits))
+    return -(-width // bits) * blocks_deep(depth, bits)
 
 
 class _Port:
@@ -225,7 +225,7 @@ class SlicedMemory(Elaboratable):
         """
         bits = self.slice_bits
         lg_words = ceil_log2(words_per_block(bits))
-        deep = -(-self.depth // words_per_block(bits))
+        deep = blocks_deep(self.depth, bits)
         w_addr, w_en = w_ctl
         w_full = Signal(bits, name=f"{self.name}_wfull{lo}")
         m.d.comb += w_full.eq(w_data)

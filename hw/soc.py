@@ -20,13 +20,13 @@ from amaranth import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .dp16kd import SHAPE_WORDS
 from .engine import Engine
 from .engine_params import EngineParams
 from .link import HostLink, LinkEngine
 
 __all__ = ["EngineSoC", "UartSoC", "SIM_PARAMS", "simulated_board", "SOC_PARAMS", "SOC_CLOCK_MHZ", "SOC_SEED", "SOC_ROUTER",
-           "REDUCED_SOC_PARAMS",
-           "estimate_resources", "ebr_count"]
+           "REDUCED_SOC_PARAMS", "estimate_resources", "ebr_count"]
 
 #: The simulated board's engine (the default a new user gets from ``python host/run.py``).
 SIM_PARAMS = EngineParams(rows=8, cols=16, lanes=16, act_words=16384, weight_words=16384, max_layers=64,
@@ -191,9 +191,10 @@ REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=2, lanes=2, act_words=512, weight
                                   sched_words=64, table_words=64, logit_words=4, max_width=8, max_height=8,
                                   max_cin=16, max_gather=16, radius=1, max_cout=16)
 
-#: ECP5 DP16KD (18 Kbit) aspect ratios, ``(width, depth)``; 36 bits wide only as a simple dual port,
-#: which is all the engine's memories need (one write port, one read port per copy).
-_EBR_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+#: ECP5 DP16KD (18 Kbit) aspect ratios, ``(width, depth)``: hw.dp16kd's true-dual-port shapes and
+#: 36 bits wide as a simple dual port, which is all the engine's memories need (one write port, one
+#: read port per copy).
+_EBR_SHAPES = ((36, 512), *SHAPE_WORDS.items())
 
 
 def ebr_count(width: int, depth: int) -> int:

@@ -70,8 +70,9 @@ def test_engine_random_programs(shape, passes):
 
 @pytest.mark.parametrize("passes", ["fused", "unfused"])
 def test_engine_on_dp16kd_block_rams(passes):
-    """The engine as built for ECP5: the sliced memories (activations, weights, descriptors) from
-    DP16KD primitives with their output registers, simulated on hw.dp16kd.DP16KDModel."""
+    """The engine as built for ECP5: the sliced memories (activations, weights, descriptors, channel
+    tables, the shift unit's ring banks) from DP16KD primitives with their output registers,
+    simulated on hw.dp16kd.DP16KDModel."""
     check_random_programs((3, 8, 4), passes, block_ram="model")
 
 

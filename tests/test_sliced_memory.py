@@ -199,3 +199,39 @@ def test_registers_that_follow_en_stall_with_the_read(block_ram):
     sim.run()
     with pytest.raises(ValueError, match="registers_follow_en needs input_registers=False"):
         SlicedMemory(width=8, depth=64, input_registers=True, output_registers=1, registers_follow_en=True)
+
+
+@pytest.mark.parametrize("output_register, latency", [(False, 1), (True, 2)])
+def test_a_dp16kd_reads_one_cycle_later_with_its_output_register(output_register, latency):
+    """hw.dp16kd on its own (as bench/bram_outreg.py wires it): NOREG data the cycle after the read, OUTREG one later."""
+    from amaranth import Module, Signal
+
+    from hw.dp16kd import DP16KDModel, dp16kd_ports
+
+    m = Module()
+    w_addr, w_data, w_en = Signal(10), Signal(18), Signal()
+    r_addr, r_data = Signal(10), Signal(18)
+    m.submodules.ram = DP16KDModel(**dp16kd_ports(bits=18, w_addr=w_addr, w_data=w_data, w_en=w_en,
+                                                  r_addr=r_addr, r_data=r_data, r_en=1,
+                                                  output_register=output_register))
+    words = {a: (a * 2654435761) % (1 << 18) for a in range(0, 1024, 37)}
+
+    async def bench(ctx):
+        for a, v in words.items():
+            ctx.set(w_addr, a)
+            ctx.set(w_data, v)
+            ctx.set(w_en, 1)
+            await ctx.tick()
+        ctx.set(w_en, 0)
+        order = list(words)
+        for cycle in range(len(order) + latency - 1):
+            if cycle < len(order):
+                ctx.set(r_addr, order[cycle])
+            await ctx.tick()
+            if cycle + 1 >= latency:
+                assert ctx.get(r_data) == words[order[cycle + 1 - latency]], f"cycle {cycle}"
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
