@@ -217,14 +217,18 @@ class Engine(wiring.Component):
         # (rd_pix < mid_ready) and wrapping from ring_end back to in_base.
         rd_pix = Signal(range(p.max_out_pixels + 1))     # pixels the main reader has fully requested
         mid_ready = Signal.like(rd_pix)                   # mid pixels written (fused passes)
-        mid_ready_q = Signal.like(rd_pix)                 # ... one cycle later (the write's port register)
+        # rd_pix < mid_ready one cycle late (the write passes the memory's port register first),
+        # kept as a register: computed from the next rd_pix and mid_ready, it equals that compare of
+        # this cycle's rd_pix and last cycle's mid_ready (45F t23's critical path ran from rd_pix
+        # through the compare into the issue)
+        mid_ok = Signal()
         a_addr_rd = Signal.like(act_rd.addr)
         a_left = Signal.like(desc.a_in_words)
         a_active = Signal()
         a_issue, a_credits = self._credited_fifo(m, "a", act_rd.data, feeder.ia)
         b_want, a_want, rd_turn = Signal(), Signal(), Signal()
         m.d.comb += [
-            b_want.eq(rd_active & (rd_credits != 0) & (~desc.fused | (rd_pix < mid_ready_q))),
+            b_want.eq(rd_active & (rd_credits != 0) & (~desc.fused | mid_ok)),
             a_want.eq(a_active & (a_credits != 0)),
             a_issue.eq(a_want & (~b_want | rd_turn)),
             rd_issue.eq(b_want & ~a_issue),
@@ -472,7 +476,7 @@ class Engine(wiring.Component):
         ]
         # mid pixels written by the expand half: whole tiles (a tile's words arrive group by group,
         # so its pixels are complete only with its last word), all of them with the last word.
-        # The main reader sees the count a cycle later (mid_ready_q), when the write has passed the
+        # The main reader sees the count a cycle later (mid_ok), when the write has passed the
         # memory's port register.
         a_written = Signal.like(desc.a_out_beats)
         a_tile_cnt = Signal.like(desc.a_tile_words)
@@ -486,7 +490,8 @@ class Engine(wiring.Component):
                 m.d.sync += [a_tile_cnt.eq(0), mid_ready.eq(mid_ready + P)]
             with m.Else():
                 m.d.sync += a_tile_cnt.eq(a_tile_cnt + 1)
-        m.d.sync += mid_ready_q.eq(Mux(start, 0, mid_ready))
+        pix_done = rd_issue & ~w_more
+        m.d.sync += mid_ok.eq(~start & Mux(pix_done, rd_pix + 1 < mid_ready, rd_pix < mid_ready))
 
         # ------------------------------------------------------------ bus (host side)
         bus = self.bus

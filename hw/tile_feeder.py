@@ -22,11 +22,12 @@ together with ``Q`` weights. The feeder sits between them:
 
 The read side is a pipeline that never stalls: a beat is issued only against
 a credit for a place in a small FIFO in front of the array (``OUT_FIFO_DEPTH``).
-The weight memory answers ``WEIGHT_READ_LATENCY`` (4) cycles after the issue
-(it registers its inputs, replicated next to its block RAMs, and each slice's
-read data twice); the tile buffer answers in two (its address is registered),
-its words wait in a register and the selected bytes in one more, so both enter
-the FIFO together. So no memory address or
+The weight request (address, enable) is registered once in the feeder and
+reaches the weight memory a cycle after the issue, which answers
+``WEIGHT_READ_LATENCY`` (4) cycles later (it registers its inputs, replicated
+next to its block RAMs, and each slice's read data twice); the tile buffer
+answers in two (its address is registered), its words wait in a register and
+the selected bytes in further ones, so both enter the FIFO together. So no memory address or
 enable depends on the array's ``ready``, and back-pressure from the array (it
 refuses a ``last`` beat while its shadow bank is busy) only stops the issue once
 the FIFO's credits are used up.
@@ -126,11 +127,15 @@ class TileFeeder(wiring.Component):
 
     #: cycles from ``w_en`` to the weight word on ``w_data`` (at least 2, the tile buffer's)
     WEIGHT_READ_LATENCY = 4
-    #: beats of the FIFO in front of the array. A credit goes round in latency + 3 cycles (issue in
-    #: t, the beat enters the FIFO in t + 4, reaches its output register in t + 6 and is popped;
-    #: the credit counts again in t + 7), so 7 keep one beat per cycle (one fewer costs a seventh
-    #: of the throughput)
-    OUT_FIFO_DEPTH = WEIGHT_READ_LATENCY + 3
+    #: cycles from a beat's issue to its weight word: the feeder's own request register, then
+    #: the weight memory (t39's critical path ran from the issue logic straight into the weight
+    #: memory's replicated input registers)
+    ISSUE_TO_WEIGHT = 1 + WEIGHT_READ_LATENCY
+    #: beats of the FIFO in front of the array. A credit goes round in ISSUE_TO_WEIGHT + 3 cycles
+    #: (issue in t, the beat enters the FIFO in t + 5, reaches its output register in t + 7 and is
+    #: popped; the credit counts again in t + 8), so 8 keep one beat per cycle (one fewer costs an
+    #: eighth of the throughput)
+    OUT_FIFO_DEPTH = ISSUE_TO_WEIGHT + 3
 
     def __init__(self, params: EngineParams, array_input_layout):
         self._p = params
@@ -311,8 +316,7 @@ class TileFeeder(wiring.Component):
         signed1 = Signal()
         tag1 = Signal(self._tag_layout)
 
-        in_tile = Signal()
-        m.d.comb += in_tile.eq((ci != 0) | (g != 0))
+        in_tile = Signal()               # (ci, g) != (0, 0), kept as a register of its own
         a_next = Signal(range(S))
         m.d.comb += a_next.eq(Cat(a_rslot, 1))
         pick_a = Signal()
@@ -334,10 +338,10 @@ class TileFeeder(wiring.Component):
 
         # The read pipeline never stalls: a beat is issued only against a credit for a place in
         # the output FIFO, so no enable or address depends on the array's ready. Issue (cycle t):
-        # the weight address goes to the weight memory, whose replicated input registers take it
-        # at the end of t, and the bank address into a register; the banks deliver in t + 2, the
-        # weight memory in t + WEIGHT_READ_LATENCY, when the beat (the tile's bytes, its weights
-        # and what travelled beside them) is written into the FIFO in front of the array.
+        # the weight address and the bank address go into registers; the weight memory's
+        # replicated input registers take the former at the end of t + 1; the banks deliver in
+        # t + 2, the weight memory in t + ISSUE_TO_WEIGHT, when the beat (the tile's bytes, its
+        # weights and what travelled beside them) is written into the FIFO in front of the array.
         credits = Signal(range(self.OUT_FIFO_DEPTH + 1), init=self.OUT_FIFO_DEPTH)
         pop = Signal()
         issue = Signal()
@@ -348,10 +352,11 @@ class TileFeeder(wiring.Component):
         m.d.sync += bank_addr.eq(rs * GW + word)
         for _, rd in banks:
             m.d.comb += [rd.addr.eq(bank_addr), rd.en.eq(1)]
-        # the weight address is a counter through the tile's groups that starts at its context's base
+        # the weight address is a counter through the tile's groups that starts at its context's
+        # base; the request goes to the weight memory from a register
         w_addr = Signal.like(self.w_addr)
         m.d.comb += w_addr.eq(Mux(in_tile, waddr, Mux(rc, cfg.a_w_base, cfg.w_base)))
-        m.d.comb += [self.w_addr.eq(w_addr), self.w_en.eq(issue)]
+        m.d.sync += [self.w_addr.eq(w_addr), self.w_en.eq(issue)]
 
         tile_last = Signal()
         m.d.comb += tile_last.eq(ci + 1 == c_gather)
@@ -373,9 +378,10 @@ class TileFeeder(wiring.Component):
                 cur_slot.eq(rs),
                 cur_ctx.eq(rc),
             ]
+            m.d.sync += in_tile.eq(1)
             with m.If(tile_last):
                 with m.If(g + 1 == groups):
-                    m.d.sync += [g.eq(0), full.bit_select(rs, 1).eq(0)]
+                    m.d.sync += [g.eq(0), in_tile.eq(0), full.bit_select(rs, 1).eq(0)]
                     with m.If(rc):
                         m.d.sync += a_rslot.eq(~a_rslot)
                     with m.Else():
@@ -400,7 +406,7 @@ class TileFeeder(wiring.Component):
         valid, side = v3, side3
         acts = Cat(words3.word_select(k, 8 * L).word_select(lane3, 8) if L > 1 else words3.word_select(k, 8)
                    for k in range(len(banks)))
-        for k in range(4, self.WEIGHT_READ_LATENCY + 1):
+        for k in range(4, self.ISSUE_TO_WEIGHT + 1):
             valid_k, side_k = Signal(name=f"v{k}"), Signal.like(side, name=f"side{k}")
             acts_k = Signal.like(acts, name=f"acts{k}")
             m.d.sync += [valid_k.eq(valid), side_k.eq(side), acts_k.eq(acts)]
@@ -408,7 +414,7 @@ class TileFeeder(wiring.Component):
         _, last_w, npix_w, nchan_w, signed_w, tag_w = (
             side[lo:lo + len(f)] for lo, f in _offsets(lane1, last1, npix1, nchan1, signed1, tag1.as_value()))
 
-        # cycle t + WEIGHT_READ_LATENCY: the beat into the output FIFO
+        # cycle t + ISSUE_TO_WEIGHT: the beat into the output FIFO
         op = self.o.payload
         beat = Cat(acts, self.w_data, last_w, npix_w, nchan_w, signed_w, tag_w)
         m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=len(beat), depth=self.OUT_FIFO_DEPTH)
@@ -439,7 +445,7 @@ class TileFeeder(wiring.Component):
             m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
                          a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
                          a_stale.eq(1),
-                         b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0),
+                         b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0), in_tile.eq(0),
                          self.beats.eq(0)]
         return m
 
