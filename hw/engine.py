@@ -480,13 +480,17 @@ class Engine(wiring.Component):
         # memory's port register.
         a_written = Signal.like(desc.a_out_beats)
         a_tile_cnt = Signal.like(desc.a_tile_words)
+        # the last indices as registers (the descriptor is static from before start on), so the
+        # end tests are equalities of registers, not adders and compares in front of mid_ready
+        a_last_beat, a_last_tile_word = Signal.like(a_written), Signal.like(a_tile_cnt)
+        m.d.sync += [a_last_beat.eq(desc.a_out_beats - 1), a_last_tile_word.eq(desc.a_tile_words - 1)]
         with m.If(start):
             m.d.sync += [a_written.eq(0), a_tile_cnt.eq(0), mid_ready.eq(0)]
         with m.Elif(wr_mid):
             m.d.sync += a_written.eq(a_written + 1)
-            with m.If(a_written + 1 == desc.a_out_beats):
+            with m.If(a_written == a_last_beat):
                 m.d.sync += mid_ready.eq(desc.a_pixels)
-            with m.Elif(a_tile_cnt + 1 == desc.a_tile_words):
+            with m.Elif(a_tile_cnt == a_last_tile_word):
                 m.d.sync += [a_tile_cnt.eq(0), mid_ready.eq(mid_ready + P)]
             with m.Else():
                 m.d.sync += a_tile_cnt.eq(a_tile_cnt + 1)

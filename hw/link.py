@@ -268,6 +268,10 @@ class LinkEngine(wiring.Component):
             C(0, 32),
         ])
 
+        # the header's last word index as a register (hdr.count is complete before the first
+        # payload word arrives), so the word counters' end tests are equalities of registers
+        last_idx = Signal(16)
+        m.d.sync += last_idx.eq(hdr.count - 1)
         m.d.comb += [
             wp.addr.eq(widx),
             wp.data.eq(Cat(word[8:], rx_byte)),
@@ -340,7 +344,7 @@ class LinkEngine(wiring.Component):
                         # Words past max_words are received (for the CRC) but not stored.
                         m.d.comb += wp.en.eq(widx < maxw)
                         m.d.sync += widx.eq(widx + 1)
-                        with m.If(widx + 1 == hdr.count):
+                        with m.If(widx == last_idx):
                             m.next = "CRC"
                 abandon_on_errors()
 
@@ -398,7 +402,7 @@ class LinkEngine(wiring.Component):
 
                 def done():
                     m.d.sync += [r_idx.eq(r_idx + 1), r_addr.eq(r_addr + r_step)]
-                    with m.If(r_idx + 1 == hdr.count):
+                    with m.If(r_idx == last_idx):
                         m.d.sync += [dup_valid.eq(1), dup_seq.eq(hdr.seq), dup_crc.eq(rx_crc)]
                         reply(Status.OK)
                     with m.Else():

@@ -515,12 +515,20 @@ class ShiftUnit(wiring.Component):
         room_lim = Signal(lim_shape)         # P - 2
         lead_lim = Signal(lim_shape)         # P - 2 - reach
         m.d.sync += [room_lim.eq(cfg.ring_pixels - 2), lead_lim.eq(cfg.ring_pixels - 2 - cfg.reach)]
+        # the last beat, ring word and slot, registered from cfg under the same rule, so that the
+        # counters' end tests are equalities of registers (the 85F's deepest shift-unit path ran
+        # from the slot counter through `slot + 1 == cfg.slots` into `lead`)
+        last_beat = Signal.like(in_beat)
+        last_word = Signal(abits)
+        last_slot = Signal.like(slot)
+        m.d.sync += [last_beat.eq(cfg.in_beats - 1), last_word.eq(cfg.ring_words - 1),
+                     last_slot.eq(cfg.slots - 1)]
         frame_in = in_done == cfg.pixels
         room = (in_done < room_lim) | (lead < lead_lim)
         m.d.comb += self.i.ready.eq(~frame_in & room)
 
         in_fire = self.i.valid & self.i.ready
-        in_pixel_done = in_fire & (in_beat + 1 == cfg.in_beats)
+        in_pixel_done = in_fire & (in_beat == last_beat)
         in_lanes = Array(self.i.payload[k] for k in range(L))
         # An accepted beat is written a cycle later, from registers: one copy of the address and
         # enable per bank (hw.fanout), so the handshake never reaches the write enables of block
@@ -539,7 +547,7 @@ class ShiftUnit(wiring.Component):
                 bank_wr[k].en.eq(w_ctl[k][abits]),
             ]
         with m.If(in_fire):
-            m.d.sync += wptr.eq(Mux(wptr + 1 == cfg.ring_words, 0, wptr + 1))
+            m.d.sync += wptr.eq(Mux(wptr == last_word, 0, wptr + 1))
             with m.If(in_pixel_done):
                 m.d.sync += [in_beat.eq(0), in_done.eq(in_done + 1)]
             with m.Else():
@@ -549,7 +557,7 @@ class ShiftUnit(wiring.Component):
         avail = frame_in | (lead > cfg.reach)
         # (an all-zero cfg, as after reset, disables the unit: no pixels, no issue)
         issue = run & ~out_done & avail & (cfg.pixels != 0)
-        out_pixel_done = issue & (slot + 1 == cfg.slots)
+        out_pixel_done = issue & (slot == last_slot)
         m.d.comb += [sched_rd.addr.eq(slot), sched_rd.en.eq(run)]
 
         with m.If(issue):
@@ -568,7 +576,11 @@ class ShiftUnit(wiring.Component):
                     m.d.sync += out_done.eq(1)
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
-        m.d.sync += lead.eq(lead + in_pixel_done - out_pixel_done)
+        # both neighbours of lead are computed from the register alone; the handshakes only select
+        with m.If(in_pixel_done & ~out_pixel_done):
+            m.d.sync += lead.eq(lead + 1)
+        with m.Elif(out_pixel_done & ~in_pixel_done):
+            m.d.sync += lead.eq(lead - 1)
 
         # Per-pixel values the address and bounds logic needs, computed here so
         # that stage 2 has one carry chain per bank: the ring base with both

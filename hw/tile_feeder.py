@@ -215,8 +215,23 @@ class TileFeeder(wiring.Component):
         a_slot = Signal(range(S))
         m.d.comb += a_slot.eq(Cat(a_wslot, 1))
 
+        # The layer's last indices, registered from cfg (a cycle behind it: cfg is static from the
+        # start pulse on, and no beat is taken or issued in that cycle), so that the cursors'
+        # end tests compare registers for equality instead of adding to the counters and comparing
+        # with cfg fields that are themselves sums of descriptor fields (the 85F's deepest feeder
+        # paths ran from the descriptor through g_words into `full`)
+        last_b, a_last_b = Signal.like(cfg.g_words), Signal.like(cfg.a_g_words)
+        last_x = Signal.like(cfg.width)
+        last_kept, a_last_kept = Signal.like(cfg.out_pixels), Signal.like(cfg.a_pixels)
+        a_ring_last = Signal.like(cfg.ring_pixels)   # the ring's last tile start
         smask = Signal(2)
-        m.d.comb += smask.eq(Mux(cfg.stride_log2 == 0, 0, Mux(cfg.stride_log2 == 1, 1, 3)))
+        m.d.sync += [
+            last_b.eq(cfg.g_words - 1), a_last_b.eq(cfg.a_g_words - 1), last_x.eq(cfg.width - 1),
+            last_kept.eq(cfg.out_pixels - 1), a_last_kept.eq(cfg.a_pixels - 1),
+            a_ring_last.eq(cfg.ring_pixels - P),
+            smask.eq(Mux(cfg.stride_log2 == 0, 0, Mux(cfg.stride_log2 == 1, 1, 3))),
+        ]
+        tile_first = Signal.like(cfg.out_pixels)    # output pixel of the tile being written
         keep = Signal()
         m.d.comb += keep.eq(((x & smask) == 0) & ((y & smask) == 0))
 
@@ -255,35 +270,36 @@ class TileFeeder(wiring.Component):
             ]
 
         pixel_end = Signal()
-        m.d.comb += pixel_end.eq(take & (b + 1 == cfg.g_words))
+        m.d.comb += pixel_end.eq(take & (b == last_b))
         with m.If(take):
             m.d.sync += b.eq(Mux(pixel_end, 0, b + 1))
         with m.If(pixel_end):
-            with m.If(x + 1 == cfg.width):
+            with m.If(x == last_x):
                 m.d.sync += [x.eq(0), y.eq(y + 1)]
             with m.Else():
                 m.d.sync += x.eq(x + 1)
             with m.If(keep):
                 m.d.sync += kept.eq(kept + 1)
-                close = (wp == P - 1) | (kept + 1 == cfg.out_pixels)
+                close = (wp == P - 1) | (kept == last_kept)
                 with m.If(close):
                     m.d.sync += [
                         full.bit_select(wslot, 1).eq(1),
                         wp.eq(0),
                         wslot.eq(Mux(cfg.fused, ~wslot[0], wslot + 1)),
                         n_pix[wslot].eq(wp + 1),
-                        pix0[wslot].eq(kept - wp),
+                        pix0[wslot].eq(tile_first),
+                        tile_first.eq(kept + 1),
                     ]
                 with m.Else():
                     m.d.sync += wp.eq(wp + 1)
 
         a_pixel_end = Signal()
-        m.d.comb += a_pixel_end.eq(a_take & (a_b + 1 == cfg.a_g_words))
+        m.d.comb += a_pixel_end.eq(a_take & (a_b == a_last_b))
         with m.If(a_take):
             m.d.sync += a_b.eq(Mux(a_pixel_end, 0, a_b + 1))
         with m.If(a_pixel_end):
             m.d.sync += a_kept.eq(a_kept + 1)
-            with m.If((a_wp == P - 1) | (a_kept + 1 == cfg.a_pixels)):
+            with m.If((a_wp == P - 1) | (a_kept == a_last_kept)):
                 m.d.sync += [
                     a_stale.eq(1),
                     full.bit_select(a_slot, 1).eq(1),
@@ -292,7 +308,7 @@ class TileFeeder(wiring.Component):
                     n_pix[a_slot].eq(a_wp + 1),
                     pix0[a_slot].eq(a_ring),
                     # the ring holds a multiple of P pixels, so a tile never wraps
-                    a_ring.eq(Mux(a_ring + P == cfg.ring_pixels, 0, a_ring + P)),
+                    a_ring.eq(Mux(a_ring == a_ring_last, 0, a_ring + P)),
                 ]
             with m.Else():
                 m.d.sync += a_wp.eq(a_wp + 1)
@@ -327,13 +343,19 @@ class TileFeeder(wiring.Component):
             rs.eq(Mux(in_tile, cur_slot, Mux(pick_a, a_next, b_rslot))),
             rc.eq(Mux(in_tile, cur_ctx, pick_a)),
         ]
-        c_gather = Signal.like(cfg.c_gather)
-        groups = Signal.like(cfg.groups)
-        c_out = Signal.like(cfg.c_out)
+        # per context, registered like the write side's: the last channel and group of a tile and
+        # the channels of its last group (groups = ceil(c_out / Q), so every other group has Q)
+        last_ci = [Signal.like(cfg.c_gather, name=f"last_ci{k}") for k in range(2)]
+        last_g = [Signal.like(cfg.groups, name=f"last_g{k}") for k in range(2)]
+        last_chans = [Signal(range(Q + 1), name=f"last_chans{k}") for k in range(2)]
+        for k, (c_gather_k, groups_k, c_out_k) in enumerate(((cfg.c_gather, cfg.groups, cfg.c_out),
+                                                            (cfg.a_c_gather, cfg.a_groups, cfg.a_c_out))):
+            m.d.sync += [last_ci[k].eq(c_gather_k - 1), last_g[k].eq(groups_k - 1),
+                         last_chans[k].eq(c_out_k - (groups_k - 1) * Q)]
+        tile_last, group_last = Signal(), Signal()
         m.d.comb += [
-            c_gather.eq(Mux(rc, cfg.a_c_gather, cfg.c_gather)),
-            groups.eq(Mux(rc, cfg.a_groups, cfg.groups)),
-            c_out.eq(Mux(rc, cfg.a_c_out, cfg.c_out)),
+            tile_last.eq(ci == Mux(rc, last_ci[1], last_ci[0])),
+            group_last.eq(g == Mux(rc, last_g[1], last_g[0])),
         ]
 
         # The read pipeline never stalls: a beat is issued only against a credit for a place in
@@ -358,17 +380,13 @@ class TileFeeder(wiring.Component):
         m.d.comb += w_addr.eq(Mux(in_tile, waddr, Mux(rc, cfg.a_w_base, cfg.w_base)))
         m.d.sync += [self.w_addr.eq(w_addr), self.w_en.eq(issue)]
 
-        tile_last = Signal()
-        m.d.comb += tile_last.eq(ci + 1 == c_gather)
-        chans_left = Signal(range(p.max_cout + 1))
-        m.d.comb += chans_left.eq(c_out - g * Q)
         m.d.sync += v1.eq(issue)
         with m.If(issue):
             m.d.sync += [
                 lane1.eq(ci[:lg_l] if lg_l else 0),
                 last1.eq(tile_last),
                 npix1.eq(n_pix[rs]),
-                nchan1.eq(Mux(chans_left > Q, Q, chans_left)),
+                nchan1.eq(Mux(group_last, Mux(rc, last_chans[1], last_chans[0]), Q)),
                 signed1.eq(Mux(rc, cfg.a_act_signed, cfg.act_signed)),
                 tag1.pix0.eq(pix0[rs]),
                 tag1.group.eq(g),
@@ -380,7 +398,7 @@ class TileFeeder(wiring.Component):
             ]
             m.d.sync += in_tile.eq(1)
             with m.If(tile_last):
-                with m.If(g + 1 == groups):
+                with m.If(group_last):
                     m.d.sync += [g.eq(0), in_tile.eq(0), full.bit_select(rs, 1).eq(0)]
                     with m.If(rc):
                         m.d.sync += a_rslot.eq(~a_rslot)
@@ -442,7 +460,7 @@ class TileFeeder(wiring.Component):
         # a new layer: both sides from the top (the tile buffer contents do not matter; the read
         # pipeline and the output FIFO are empty, since the last layer's beats were all consumed)
         with m.If(self.start):
-            m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0),
+            m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0), tile_first.eq(0),
                          a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
                          a_stale.eq(1),
                          b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0), in_tile.eq(0),
