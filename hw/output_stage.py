@@ -64,7 +64,7 @@ low (no beat in flight).
 
 
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -127,7 +127,22 @@ def _half(s, width):
 
 
 def _clamp(v, lo, hi):
-    return Mux(v < lo, lo, Mux(v > hi, hi, v))
+    """``v`` limited to ``[lo, hi]`` (``lo <= hi``).
+
+    A ``v`` wider than the bounds is first tested for fitting their width (its top bits all
+    equal to its sign), so that only the narrow comparison needs a carry chain: a ~45-bit
+    comparison with the bounds was the 45F's critical path (t24)."""
+    v, lo, hi = Value.cast(v), Value.cast(lo), Value.cast(hi)
+    w = max(len(b) + (not b.shape().signed) for b in (lo, hi))   # bits of a signed value holding both
+    if len(v) <= w or not v.shape().signed:
+        return Mux(v < lo, lo, Mux(v > hi, hi, v))
+    top = v[w - 1:]
+    fits = top.all() | ~top.any()
+    narrow = v[:w].as_signed()
+    negative = v[-1]
+    below = Mux(fits, narrow < lo, negative)
+    above = Mux(fits, narrow > hi, ~negative)
+    return Mux(below, lo, Mux(above, hi, narrow))
 
 
 class OutputStage(wiring.Component):
@@ -295,12 +310,13 @@ class OutputStage(wiring.Component):
         last_x = delay(last1, EXIT - 1, "last")
         chan_x = delay(chan1, EXIT - 1, "chan_x")
         pl_x = delay(pl8, EXIT - 8, "pool_last_x")
-        alt6 = delay(alt1, 5, "alt")         # beside q6 (the requantisation clamp)
+        alt5 = delay(alt1, 4, "alt")         # selects the clamp bounds registered beside q6
+        alt6 = delay(alt5, 1, "alt6")
         alt7 = delay(alt6, 1, "alt7")        # beside y7 (the residual add)
         alt9 = delay(alt7, 2, "alt9")        # beside the pool write: alt beats never pool
         alt_x = delay(alt9, EXIT - 9, "alt_x")
         lo6, hi6 = Signal(ACT_OUT_SHAPE), Signal(ACT_OUT_SHAPE)
-        m.d.comb += [lo6.eq(Mux(alt6, cfg.alt_lo, cfg.lo)), hi6.eq(Mux(alt6, cfg.alt_hi, cfg.hi))]
+        m.d.sync += [lo6.eq(Mux(alt5, cfg.alt_lo, cfg.lo)), hi6.eq(Mux(alt5, cfg.alt_hi, cfg.hi))]
 
         pool_mode = Signal()
         m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
