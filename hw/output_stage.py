@@ -79,6 +79,9 @@ __all__ = ["OutputStage", "Mode", "ConfigLayout", "TableEntry", "ACT_OUT_SHAPE"]
 
 #: Shape of a quantised activation or residual (int8 and uint8 both fit).
 ACT_OUT_SHAPE = signed(9)
+#: the rescaled residual's saturation before the residual add: wide enough that a sum with any
+#: ACT_OUT_SHAPE value beyond it is beyond every ACT_OUT_SHAPE bound too
+RES_SAT = signed(ACT_OUT_SHAPE.width + 2)
 _SHIFT = unsigned(bits_for(SHIFT_MAX))
 
 
@@ -389,9 +392,14 @@ class OutputStage(wiring.Component):
             r6 = Signal.like(r5, name=f"r{k}_shifted")
             m.d.sync += [q6.eq(q5 >> s5), r6.eq(r5 >> cfg.res_s)]
             # ---- stage 6: requantisation clamp --------------------------------
+            # The residual is clamped too, to RES_SAT: with y7 a 9-bit value, a sum with a residual
+            # beyond it lies beyond any 9-bit bound either way, so stage 7's clamp is unchanged,
+            # and its adder and compare are 11 bits wide instead of ~40 (45F t25's deepest path)
             y7 = Signal(ACT_OUT_SHAPE, name=f"y{k}")
-            r7 = Signal.like(r6, name=f"r{k}_7")
-            m.d.sync += [y7.eq(_clamp(q6, lo6, hi6)), r7.eq(r6)]
+            r7 = Signal(RES_SAT, name=f"r{k}_7")
+            m.d.sync += [y7.eq(_clamp(q6, lo6, hi6)),
+                         r7.eq(_clamp(r6, Const(-(1 << (RES_SAT.width - 1)), RES_SAT),
+                                        Const((1 << (RES_SAT.width - 1)) - 1, RES_SAT)))]
             # ---- stage 7: residual add + clamp ---------------------------------
             y8 = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
             m.d.sync += y8.eq(Mux(need_res & ~alt7, _clamp(y7 + r7, cfg.res_lo, cfg.res_hi), y7))

@@ -68,7 +68,8 @@ def _random_config(rng: random.Random, idx: int, N: int):
     rlo, rhi = (-128, 127) if res_signed else (0, 255)
     resid = [[rng.randint(rlo, rhi) for _ in range(c_out)] for _ in range(npix)]
     res_m = _multiplier(rng)
-    res_s = _shift_for(8, res_m, rng.choice([6, 7, 8]), rng)
+    # mostly residuals of about the output's size; some far beyond it, which must saturate
+    res_s = _shift_for(8, res_m, rng.choice([6, 7, 8, 6, 7, 8, 11, 16]), rng)
     res_lo, res_hi = _clamp_pair(rng)
     pool_m = _multiplier(rng)
     pool_s = _shift_for(8 + npix.bit_length(), pool_m, rng.choice([7, 8]), rng)
