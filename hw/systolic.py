@@ -19,7 +19,7 @@ Data flow and latency
     cycle t+2   DSP input registers capture a, w           (MULT18X18D A/B regs)
     cycle t+3   DSP output registers capture a*w           (MULT18X18D P regs)
     cycle t+4   fabric product register (next to the accumulator)
-    cycle t+5   accumulator update (fabric, 32-bit add); on ``last`` the sum
+    cycle t+5   accumulator update (fabric add, acc_bits wide); on ``last`` the sum
                 goes straight into the shadow bank and the accumulator
                 restarts from 0
     cycle t+6   first output beat of the tile valid on ``o``
@@ -55,9 +55,11 @@ Numerics
 Activations are 8-bit, signed (int8) or unsigned (uint8) per beat
 (``act_signed``), zero-point 0, and become 9-bit signed inside. Weights are
 symmetric ``weight_bits``-bit integers (int8: -127..127; int4: -7..7, see
-``quant.numerics.weight_range``). The accumulators are ``ACC_BITS = 32`` bit
-two's complement and compute exactly ``quant.numerics.conv1x1_acc`` without the
-bias (the bias is added by ``hw.output_stage``).
+``quant.numerics.weight_range``). The accumulators are two's complement and compute
+exactly ``quant.numerics.conv1x1_acc`` without the bias (the bias is added by
+``hw.output_stage``); the output carries them as ``ACC_BITS = 32``-bit values.
+Inside, an accumulator is only as wide as ``max_cin`` products can make it
+(``acc_bits``: 25 bits for ``max_cin = 384``; 32 for the default).
 
 *Why 32 bits cannot overflow.* One product is bounded by
 ``|a * w| <= 255 * 127 = 32385`` (``|a| <= 255`` covers both uint8 and int8, whose
@@ -107,7 +109,7 @@ ACT_BITS = 8
 
 
 class SystolicArray(wiring.Component):
-    """P x Q output-stationary array of signed multipliers with 32-bit accumulators.
+    """P x Q output-stationary array of signed multipliers and accumulators (32-bit results).
 
     Parameters
     ----------
@@ -190,6 +192,10 @@ class SystolicArray(wiring.Component):
         self._out_lanes = out_lanes
         self._tag_width = tag_width
         self._max_cin = max_cin
+        # the accumulators are only as wide as max_cin products can make them (25 bits for the
+        # SoC's 384 channels instead of 32): the output carries them sign-extended to ACC_BITS,
+        # so nothing downstream changes, and the array saves flip-flops, carry chains and routes
+        self._acc_bits = min(ACC_BITS, (max_cin * 255 * w_max).bit_length() + 1)
 
         self._input_layout = data.StructLayout({
             "act": data.ArrayLayout(unsigned(ACT_BITS), rows),
@@ -220,6 +226,7 @@ class SystolicArray(wiring.Component):
     out_lanes = property(lambda self: self._out_lanes)
     tag_width = property(lambda self: self._tag_width)
     max_cin = property(lambda self: self._max_cin)
+    acc_bits = property(lambda self: self._acc_bits)
     input_layout = property(lambda self: self._input_layout)
     output_layout = property(lambda self: self._output_layout)
 
@@ -283,20 +290,21 @@ class SystolicArray(wiring.Component):
         load = Signal()
         m.d.comb += load.eq(c_valid[-1] & c_last[-1])
         next_row = Signal()  # the drain moves on to the next pixel: the bank shifts by a row
-        shadow = [[Signal(signed(ACC_BITS), name=f"shadow_{p}_{q}") for q in range(Q)] for p in range(P)]
+        A = self._acc_bits
+        shadow = [[Signal(signed(A), name=f"shadow_{p}_{q}") for q in range(Q)] for p in range(P)]
         for p in range(P):
             for q in range(Q):
                 mul = Multiplier(ACT_BITS + 1, self._weight_bits)
                 m.submodules[f"mul_{p}_{q}"] = mul
                 m.d.comb += [mul.a.eq(a_copy[p][q // fan]), mul.b.eq(w_copy[q][p // fan])]
                 # a fabric register between the DSP and the adder: the DSP column may sit
-                # far from the accumulator's slices, and the route plus a 32-bit carry
+                # far from the accumulator's slices, and the route plus a 25-32-bit carry
                 # chain in one cycle limits the clock to ~150 MHz
                 prod = Signal.like(mul.p, name=f"prod_{p}_{q}")
                 m.d.sync += prod.eq(mul.p)
-                acc = Signal(signed(ACC_BITS), name=f"acc_{p}_{q}")
-                nxt = Signal(signed(ACC_BITS), name=f"sum_{p}_{q}")
-                m.d.comb += nxt.eq((acc + prod)[:ACC_BITS])
+                acc = Signal(signed(A), name=f"acc_{p}_{q}")
+                nxt = Signal(signed(A), name=f"sum_{p}_{q}")
+                m.d.comb += nxt.eq((acc + prod)[:A])
                 # The tile's last product goes straight to the shadow bank and the
                 # accumulator restarts from 0 (a synchronous reset of its flip-flops, off
                 # the adder's path), so a tile's first beat needs no "first" mux.

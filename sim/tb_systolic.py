@@ -90,7 +90,12 @@ def _random_layer(rng: random.Random, idx: int, P: int, Q: int, wbits: int, max_
     lo_a, hi_a = (-128, 127) if act_signed else (0, 255)
     wlo, whi = weight_range(wbits)
     style = idx % 4 if idx >= len(corners) else 1
-    if style == 1:  # extremes only: the largest accumulators
+    if idx == len(corners) - 1:  # max_cin channels of 255 * +-w_max: the accumulator's exact bound
+        act_signed = False
+        s = rng.choice([1, -1])
+        x = [[255] * c_in for _ in range(npix)]
+        w = [[s * whi] * c_in for _ in range(c_out)]
+    elif style == 1:  # extremes only: the largest accumulators
         x = [[rng.choice([lo_a, hi_a]) for _ in range(c_in)] for _ in range(npix)]
         s = rng.choice([1, -1])
         w = [[s * rng.choice([whi, whi, wlo]) for _ in range(c_in)] for _ in range(c_out)]

@@ -17,6 +17,8 @@ ARRAYS = {
     "int8_5x6": dict(rows=5, cols=6, weight_bits=8, out_lanes=3, tag_width=12),
     # int4 weights, one pixel per output beat
     "int4_3x4": dict(rows=3, cols=4, weight_bits=4, out_lanes=4, tag_width=8),
+    # a small max_cin: accumulators of 21 bits (24 * 255 * 127 < 2**20), filled to their bound
+    "int8_4x4_cin24": dict(rows=4, cols=4, weight_bits=8, out_lanes=4, tag_width=8, max_cin=24),
 }
 
 
