@@ -36,7 +36,9 @@ for larger arrays, with the same interface.
 The shadow bank is a shift register of pixel rows: row 0 drives the output
 (a ``Q / out_lanes``-way lane-group multiplexer, none when ``out_lanes = Q``) and
 the bank shifts up one row per drained pixel, so no ``P``-way multiplexer spans
-the array. Drain rate: ``out_lanes`` accumulators per cycle; the output side
+the array. The shift is enabled a cycle after the drain decides it, by registered
+copies of the decision (one per row and ``FANOUT`` columns); in that cycle the
+output reads row 1. Drain rate: ``out_lanes`` accumulators per cycle; the output side
 must read at least ``P * Q / C_in`` of them per cycle to keep the multipliers
 busy (``bench/engine_cycles.py --out-lanes N`` shows the cost of less).
 
@@ -88,7 +90,7 @@ occupies one ``MULT18X18D``. Packing two int4 products into one DSP (a single
 done yet.
 """
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
@@ -290,6 +292,14 @@ class SystolicArray(wiring.Component):
         load = Signal()
         m.d.comb += load.eq(c_valid[-1] & c_last[-1])
         next_row = Signal()  # the drain moves on to the next pixel: the bank shifts by a row
+        # The shift itself happens a cycle later, enabled by registered copies of next_row (one
+        # per row and FANOUT columns): one combinational enable into every shadow flip-flop of
+        # the array was the 85F's critical path (t41). Until the shift is done (`shift_due`),
+        # the output reads row 1, which then holds the pixel being drained.
+        shift_due = Signal()
+        m.d.sync += shift_due.eq(next_row)
+        n_groups = -(-Q // fan)
+        shift_copies = register_copies(m, platform, next_row, P * n_groups, "shift")
         A = self._acc_bits
         shadow = [[Signal(signed(A), name=f"shadow_{p}_{q}") for q in range(Q)] for p in range(P)]
         for p in range(P):
@@ -318,7 +328,7 @@ class SystolicArray(wiring.Component):
                 # array. (A load never meets a shift: the bank is empty when it loads.)
                 with m.If(load):
                     m.d.sync += shadow[p][q].eq(nxt)
-                with m.Elif(next_row):
+                with m.Elif(shift_copies[p * n_groups + q // fan]):
                     if p + 1 < P:
                         m.d.sync += shadow[p][q].eq(shadow[p + 1][q])
 
@@ -329,20 +339,24 @@ class SystolicArray(wiring.Component):
         pix = Signal(range(max(P, 2)))
         grp = Signal(range(max(G, 2)))
         o = self.o.payload
-        # the output payload: lane group `grp` of the bank's row 0
+        # the output payload: lane group `grp` of the bank's row 0 (row 1 while a shift is due)
+        head = [Signal(signed(A), name=f"head_{q}") for q in range(Q)]
+        for q in range(Q):
+            m.d.comb += head[q].eq(Mux(shift_due, shadow[1][q], shadow[0][q]) if P > 1 else shadow[0][q])
         with m.Switch(grp):
             for g in range(G):
                 with m.Case(g):
-                    m.d.comb += [o.acc[k].eq(shadow[0][g * L + k]) for k in range(L)]
+                    m.d.comb += [o.acc[k].eq(head[g * L + k]) for k in range(L)]
         chan = Signal(range(Q + 1))
         m.d.comb += chan.eq(grp * L)
         lane_ok = [Signal(name=f"lane_ok{k}") for k in range(L)]
         m.d.comb += [lane_ok[k].eq(chan + k < s_nchan) for k in range(L)]
+        # last pixel / last lane group of the tile, as registers kept beside pix and grp (the
+        # compares on the next values run beside the handshake, not behind it)
         last_pix = Signal()
         last_grp = Signal()
+        one_grp = Signal()                  # the tile's pixels have a single lane group
         m.d.comb += [
-            last_pix.eq(pix + 1 >= s_npix),
-            last_grp.eq((grp == G - 1) | (chan + L >= s_nchan)),
             o.pixel.eq(pix),
             o.chan.eq(chan),
             o.mask.eq(Cat(*lane_ok)),
@@ -354,18 +368,20 @@ class SystolicArray(wiring.Component):
             m.d.sync += [
                 shadow_full.eq(1), pix.eq(0), grp.eq(0),
                 s_npix.eq(t_npix), s_nchan.eq(t_nchan), s_tag.eq(t_tag),
+                last_pix.eq(t_npix <= 1),
+                one_grp.eq((G == 1) | (t_nchan <= L)), last_grp.eq((G == 1) | (t_nchan <= L)),
             ]
         with m.Elif(self.o.valid & self.o.ready):
             with m.If(last_grp):
-                m.d.sync += grp.eq(0)
+                m.d.sync += [grp.eq(0), last_grp.eq(one_grp)]
                 with m.If(last_pix):
                     m.d.sync += shadow_full.eq(0)
                     m.d.comb += drained.eq(1)
                 with m.Else():
-                    m.d.sync += pix.eq(pix + 1)
+                    m.d.sync += [pix.eq(pix + 1), last_pix.eq(pix + 2 >= s_npix)]
                     m.d.comb += next_row.eq(1)
             with m.Else():
-                m.d.sync += grp.eq(grp + 1)
+                m.d.sync += [grp.eq(grp + 1), last_grp.eq((grp + 2 == G) | (chan + 2 * L >= s_nchan))]
 
         m.d.comb += self.busy.eq(shadow_full | Cat(*c_valid).any() | ~first)
         return m
