@@ -264,8 +264,9 @@ class Engine(wiring.Component):
                 last_x.eq(desc.shift.width - 1),
                 last_y.eq(desc.shift.height - 1),
             ]
+        # rd_w != last_w and rd_x != last_x, kept as registers beside the counters (45F t25's
+        # critical path ran from rd_w through the compare and the step choice into rd_addr)
         w_more, x_more = Signal(), Signal()
-        m.d.comb += [w_more.eq(rd_w != last_w), x_more.eq(rd_x != last_x)]
         rd_step = Signal.like(step_row)
         rd_wrap_at = Signal(wrap_shape)
         m.d.comb += [
@@ -275,19 +276,19 @@ class Engine(wiring.Component):
 
         with m.If(start):
             m.d.sync += [rd_addr.eq(desc.in_base), rd_w.eq(0), rd_x.eq(0), rd_y.eq(0), rd_active.eq(1),
-                         rd_pix.eq(0)]
+                         rd_pix.eq(0), w_more.eq(desc.shift.in_beats != 1), x_more.eq(desc.shift.width != 1)]
         with m.Elif(rd_issue):
             # wrapped at the end of the mid ring (ring_end = act_words, never reached, for an
             # ordinary pass)
             m.d.sync += rd_addr.eq(Mux(rd_addr == rd_wrap_at, desc.in_base, rd_addr + rd_step))
             with m.If(w_more):
-                m.d.sync += rd_w.eq(rd_w + 1)
+                m.d.sync += [rd_w.eq(rd_w + 1), w_more.eq(rd_w + 1 != last_w)]
             with m.Else():
-                m.d.sync += [rd_w.eq(0), rd_pix.eq(rd_pix + 1)]
+                m.d.sync += [rd_w.eq(0), w_more.eq(last_w != 0), rd_pix.eq(rd_pix + 1)]
                 with m.If(x_more):
-                    m.d.sync += rd_x.eq(rd_x + 1)
+                    m.d.sync += [rd_x.eq(rd_x + 1), x_more.eq(rd_x + 1 != last_x)]
                 with m.Else():
-                    m.d.sync += [rd_x.eq(0), rd_y.eq(rd_y + 1)]
+                    m.d.sync += [rd_x.eq(0), x_more.eq(last_x != 0), rd_y.eq(rd_y + 1)]
                     with m.If(rd_y == last_y):
                         m.d.sync += rd_active.eq(0)
         rd_idle = Signal()
