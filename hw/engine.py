@@ -60,6 +60,7 @@ from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EnginePa
                             descriptor_layout, parts_for)
 from .link import BusSignature
 from .output_stage import Mode, OutputStage, TableEntry
+from .skid import SkidBuffer
 from .sliced_memory import SlicedMemory
 from .systolic import SystolicArray
 from .tile_feeder import TileFeeder, tag_layout
@@ -210,7 +211,12 @@ class Engine(wiring.Component):
         rd_x = Signal.like(desc.shift.width)
         rd_y = Signal.like(desc.shift.height)
         rd_active = Signal()
-        rd_issue, rd_credits = self._credited_fifo(m, "rd", act_rd.data, shift.i)
+        # a register slice between the reader's FIFO and the shift unit: the shift unit's ready
+        # (its ring-room compares) ends at the slice instead of running on into the FIFO's level
+        # and the read credits (the 85F's and 45F t22's paths)
+        m.submodules.shift_in = shift_in = SkidBuffer(shift.i.payload.shape())
+        wiring.connect(m, shift_in.o, shift.i)
+        rd_issue, rd_credits = self._credited_fifo(m, "rd", act_rd.data, shift_in.i)
         # Fused CSC passes: a second reader streams the block input (the expand half's) straight
         # into the feeder. The two readers share the read port, taking turns when both can issue.
         # The main reader reads the mid ring, a pixel only once the expand half has written it
@@ -292,7 +298,7 @@ class Engine(wiring.Component):
                     with m.If(rd_y == last_y):
                         m.d.sync += rd_active.eq(0)
         rd_idle = Signal()
-        m.d.comb += rd_idle.eq(~rd_active & (rd_credits == self.READ_FIFO_DEPTH)
+        m.d.comb += rd_idle.eq(~rd_active & (rd_credits == self.READ_FIFO_DEPTH) & ~shift_in.busy
                                & ~a_active & (a_credits == self.READ_FIFO_DEPTH))
         # the expand half may fill the ring up to ring_pixels past the main reader's position
         m.d.sync += feeder.a_room_end.eq(rd_pix + desc.ring_pixels)
