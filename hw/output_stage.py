@@ -196,6 +196,8 @@ class OutputStage(wiring.Component):
     #: Cycles from an accepted beat to its word being written into the output FIFO
     #: (the word is valid on ``o`` two cycles later: 19 cycles accept -> ``o.valid``).
     LATENCY = 17
+    #: delays of this many stages or more are rings in LUT RAM (see ``elaborate``'s ``delay``)
+    LUTRAM_DELAY = 8
 
     def __init__(self, lanes: int = 4, *, max_channels: int = 512, max_pool_pixels: int = 65536,
                  fifo_depth: int = 32):
@@ -258,14 +260,32 @@ class OutputStage(wiring.Component):
         cfg = self.cfg
         ip = self.i.payload
 
+        ring_pos = Signal(4)                 # write position of the delay rings in LUT RAM
+        m.d.sync += ring_pos.eq(ring_pos + 1)
+
         def delay(value, n, name):
-            """``value`` delayed by ``n`` always-enabled register stages."""
-            cur = value
-            for k in range(n):
-                reg = Signal.like(value, name=f"{name}_d{k + 1}")
-                m.d.sync += reg.eq(cur)
-                cur = reg
-            return cur
+            """``value`` delayed by ``n`` always-enabled stages.
+
+            Short delays are registers. From ``LUTRAM_DELAY`` stages on, a ring of 16 words in LUT
+            RAM (written every cycle at ``ring_pos``, read ``n - 1`` words back, asynchronously)
+            and one register: the 15-stage delay of the raw 32-bit sums alone took 1920
+            flip-flops on the 85F."""
+            if n < self.LUTRAM_DELAY:
+                cur = value
+                for k in range(n):
+                    reg = Signal.like(value, name=f"{name}_d{k + 1}")
+                    m.d.sync += reg.eq(cur)
+                    cur = reg
+                return cur
+            assert n <= 16
+            ring = Memory(shape=Value.cast(value).shape(), depth=16, init=[])
+            m.submodules[f"{name}_ring"] = ring
+            wr, rd = ring.write_port(), ring.read_port(domain="comb")
+            out = Signal.like(value, name=f"{name}_d{n}")
+            m.d.comb += [wr.addr.eq(ring_pos), wr.data.eq(value), wr.en.eq(1),
+                         rd.addr.eq(ring_pos - (n - 1))]
+            m.d.sync += out.eq(rd.data)
+            return out
 
         # ---- admission (credits) -------------------------------------------
         fifo = m.submodules.fifo = SyncFIFOBuffered(width=self._output_layout.size, depth=self._fifo_depth)
