@@ -524,11 +524,18 @@ class ShiftUnit(wiring.Component):
         m.d.sync += [last_beat.eq(cfg.in_beats - 1), last_word.eq(cfg.ring_words - 1),
                      last_slot.eq(cfg.slots - 1)]
         frame_in = in_done == cfg.pixels
-        room = (in_done < room_lim) | (lead < lead_lim)
-        m.d.comb += self.i.ready.eq(~frame_in & room)
+        # i.ready is a register, computed for the next cycle: exact for in_done (its increment is
+        # known from this cycle's accepted beat), conservative for lead (a decrement by an output
+        # pixel finishing now counts from the cycle after). 45F t26's critical path ran from
+        # in_done through the room compare, i.ready and the accepted beat into lead.
+        ready = Signal()
+        m.d.comb += self.i.ready.eq(ready)
 
         in_fire = self.i.valid & self.i.ready
         in_pixel_done = in_fire & (in_beat == last_beat)
+        m.d.sync += ready.eq(Mux(in_pixel_done,
+                                 (in_done + 1 != cfg.pixels) & ((in_done + 1 < room_lim) | (lead + 1 < lead_lim)),
+                                 ~frame_in & ((in_done < room_lim) | (lead < lead_lim))))
         in_lanes = Array(self.i.payload[k] for k in range(L))
         # An accepted beat is written a cycle later, from registers: one copy of the address and
         # enable per bank (hw.fanout), so the handshake never reaches the write enables of block
@@ -609,6 +616,7 @@ class ShiftUnit(wiring.Component):
             m.d.sync += [
                 out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
                 in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0),
+                ready.eq(0),      # recomputed for the new frame in the next cycle
             ]
 
         # ---- stage 2: registered schedule word -> bank addresses, bounds checks -----
