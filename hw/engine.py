@@ -259,13 +259,17 @@ class Engine(wiring.Component):
         wrap_shape = signed(max(len(desc.ring_end), len(step_row)) + 1)
         wrap_word, wrap_pix, wrap_row = (Signal(wrap_shape, name=f"rd_wrap_{n}") for n in ("word", "pix", "row"))
         last_w, last_x, last_y = Signal.like(rd_w), Signal.like(rd_x), Signal.like(rd_y)
+        # the sums of three descriptor fields in two register steps, every cycle: the descriptor
+        # is complete from the first LOAD_TABLES cycle on, two cycles before the reader needs them
+        wrap_pix_pre = Signal(wrap_shape)
+        step_pix_pre = Signal.like(step_pix)
+        m.d.sync += [wrap_pix_pre.eq(desc.ring_end - 1 - desc.rd_skip), step_pix_pre.eq(1 + desc.rd_skip),
+                     wrap_row.eq(wrap_pix_pre - desc.rd_row_skip), step_row.eq(step_pix_pre + desc.rd_row_skip)]
         with m.If(start):
             m.d.sync += [
                 step_pix.eq(1 + desc.rd_skip),
-                step_row.eq(1 + desc.rd_skip + desc.rd_row_skip),
                 wrap_word.eq(desc.ring_end - 1),
                 wrap_pix.eq(desc.ring_end - 1 - desc.rd_skip),
-                wrap_row.eq(desc.ring_end - 1 - desc.rd_skip - desc.rd_row_skip),
                 last_w.eq(desc.shift.in_beats - 1),
                 last_x.eq(desc.shift.width - 1),
                 last_y.eq(desc.shift.height - 1),
