@@ -336,7 +336,8 @@ class OutputStage(wiring.Component):
         alt5 = delay(alt1, 4, "alt")         # selects the clamp bounds registered beside q6
         alt6 = delay(alt5, 1, "alt6")
         alt7 = delay(alt6, 1, "alt7")        # beside y7 (the residual add)
-        alt9 = delay(alt7, 2, "alt9")        # beside the pool write: alt beats never pool
+        alt8 = delay(alt7, 1, "alt8")        # beside the residual sum (its clamp)
+        alt9 = delay(alt8, 1, "alt9")        # beside the pool write: alt beats never pool
         alt_x = delay(alt9, EXIT - 9, "alt_x")
         lo6, hi6 = Signal(ACT_OUT_SHAPE), Signal(ACT_OUT_SHAPE)
         m.d.sync += [lo6.eq(Mux(alt5, cfg.alt_lo, cfg.lo)), hi6.eq(Mux(alt5, cfg.alt_hi, cfg.hi))]
@@ -420,11 +421,16 @@ class OutputStage(wiring.Component):
             m.d.sync += [y7.eq(_clamp(q6, lo6, hi6)),
                          r7.eq(_clamp(r6, Const(-(1 << (RES_SAT.width - 1)), RES_SAT),
                                         Const((1 << (RES_SAT.width - 1)) - 1, RES_SAT)))]
-            # ---- stage 7: residual add + clamp ---------------------------------
-            y8 = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
-            m.d.sync += y8.eq(Mux(need_res & ~alt7, _clamp(y7 + r7, cfg.res_lo, cfg.res_hi), y7))
-            y_x = delay(y8, EXIT - 8, f"yq{k}")
-            y9.append(delay(y8, 1, f"y{k}_9"))
+            # ---- stage 7: residual add; stage 8: its clamp (45F t27's critical path had both in
+            # one stage). The result is due in stage 9 (the pool's read-modify-write), so this
+            # costs no latency
+            sum8 = Signal(signed(RES_SAT.width + 1), name=f"ysum{k}")
+            y7_8 = Signal(ACT_OUT_SHAPE, name=f"y{k}_8")
+            m.d.sync += [sum8.eq(y7 + r7), y7_8.eq(y7)]
+            y9k = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
+            m.d.sync += y9k.eq(Mux(need_res & ~alt8, _clamp(sum8, cfg.res_lo, cfg.res_hi), y7_8))
+            y_x = delay(y9k, EXIT - 9, f"yq{k}")
+            y9.append(y9k)
 
             # ---- stages 7-9: pool read-modify-write -----------------------------
             psum = Signal(signed(self._pool_bits), name=f"psum{k}")
