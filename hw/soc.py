@@ -168,21 +168,21 @@ SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18
 #: channel tables and the shift unit's ring, the paths behind them registered; without the
 #: tables', t37 met 80 MHz with 84.32; before them 70 MHz, t31: 70.14 MHz; 62.5 MHz, t29:
 #: 66.15 MHz; 60 MHz, t25: 65.87 MHz; 54.17 MHz, t24 s2: 56.00 MHz; 45 MHz, t19: 52.24 MHz).
-#: The 45F SoC built at 96 MHz (the PLL makes 95.83, x23/6; 32 cycles per bit, -0.2 %) met timing
-#: with Fmax 97.93 MHz (docs/BUILD.md, 45F t23, seed 3; seed 2 made 95.07, t22; before them 80 MHz,
-#: t14: 81.36 MHz; 75 MHz, t8: 76.52 MHz; 66 MHz, t7: 71.83 MHz). The smaller parts were not
+#: The 45F SoC at 103 MHz (the PLL makes 103.125, x33/8, as for t28's 102; 34 cycles per bit) met
+#: timing with Fmax 107.03 MHz (docs/BUILD.md, 45F t28, seed 3; before it 96 MHz, t23: 97.93 MHz;
+#: 80 MHz, t14: 81.36 MHz; 75 MHz, t8: 76.52 MHz; 66 MHz, t7: 71.83 MHz). The smaller parts were not
 #: measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
-SOC_CLOCK_MHZ = {"LFE5U-85F": 84.0, "LFE5U-45F": 96.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
+SOC_CLOCK_MHZ = {"LFE5U-85F": 84.0, "LFE5U-45F": 103.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
 #: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1): the seed it was
-#: measured to route with at its default clock (85F: t39, 88.68 MHz; 45F: t23, 97.93 MHz;
+#: measured to route with at its default clock (85F: t39, 88.68 MHz; 45F: t28, 107.03 MHz;
 #: docs/BUILD.md). nextpnr is deterministic for a given design, seed and thread count, so the
 #: default build reproduces the measured one.
 SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 3}
 
 #: nextpnr router of ``python -m hw.build`` for a part's default SoC (others: router2). router2
 #: diverged on both SoCs (45F t1, t2; 85F t22 s2, s3 and earlier runs), router1 routed every
-#: build it was given: the 45F (t3-t23, 3-15 minutes of routing) and the 85F (t23-t39,
+#: build it was given: the 45F (t3-t28, 3-15 minutes of routing) and the 85F (t23-t45,
 #: 7-27 minutes of routing, most of them beside other builds; docs/BUILD.md).
 SOC_ROUTER = {"LFE5U-85F": "router1", "LFE5U-45F": "router1"}
 
