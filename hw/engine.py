@@ -68,6 +68,15 @@ from .tile_feeder import TileFeeder, tag_layout
 __all__ = ["Engine"]
 
 
+def sched_is_sliced(params: EngineParams) -> bool:
+    """Whether the engine's schedule memory is 18-bit DP16KD slices behind their output register.
+
+    From 1024 words on, 1024 x 18 is the widest block shape anyway, so the slices take no more
+    blocks than Yosys' own mapping; a shallower memory Yosys packs into 512 x 36 blocks, and the
+    25F's has no block to spare."""
+    return params.sched_words >= 1024
+
+
 class Engine(wiring.Component):
     """Memories + sequencer + datapath behind a link bus (see the module docstring).
 
@@ -166,7 +175,17 @@ class Engine(wiring.Component):
         # 16-bit slices: the widest DP16KD shape (1024 x 18), whatever the depth
         desc_mem = SlicedMemory(width=32, depth=p.max_layers * DESC_WORDS, read_ports=1, name="desc_mem",
                                 output_registers=1, slice_bits=16, block_ram=self.block_ram)
-        sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
+        # the shift schedules likewise where that costs no block RAM (t45's critical path ran from a
+        # schedule block RAM, 4.2 ns away, into its host-read entry register)
+        if sched_is_sliced(p):
+            sched = SlicedMemory(width=shift.slot_layout.size, depth=p.sched_words, read_ports=1, name="sched",
+                                 output_registers=1, slice_bits=18, block_ram=self.block_ram)
+            s_wr, (s_rd,) = sched.write, sched.reads
+            sched_latency = sched.read_latency
+        else:
+            sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
+            s_wr, s_rd = sched.write_port(), sched.read_port(transparent_for=())
+            sched_latency = 1
         # the channel tables behind a register (on ECP5 the block RAM's own, in 18-bit slices: as many
         # blocks as yosys maps): t37's critical path ran from a table block RAM into the host read
         table = SlicedMemory(width=TableEntry.size, depth=p.table_words, read_ports=1, name="table",
@@ -179,7 +198,6 @@ class Engine(wiring.Component):
         act_wr, (act_rd, act_res) = act.write, act.reads
         w_wr, (w_rd,) = weight.write, weight.reads
         d_wr, (d_rd,) = desc_mem.write, desc_mem.reads
-        s_wr, s_rd = sched.write_port(), sched.read_port(transparent_for=())
         t_wr, (t_rd,) = table.write, table.reads
         l_wr, l_rd = logits.write_port(), logits.read_port(transparent_for=())
         c_wr, c_rd = counters.write_port(), counters.read_port(transparent_for=())
@@ -516,7 +534,7 @@ class Engine(wiring.Component):
             Region.ACT: (8 * L, act_wr, act_rd, act.read_latency),
             Region.WEIGHT: (8 * Q, w_wr, w_rd, weight.read_latency),
             Region.DESC: (32, d_wr, d_rd, desc_mem.read_latency),
-            Region.SCHED: (shift.slot_layout.size, s_wr, s_rd, 1),
+            Region.SCHED: (shift.slot_layout.size, s_wr, s_rd, sched_latency),
             Region.TABLE: (TableEntry.size, t_wr, t_rd, table.read_latency),
             Region.LOGITS: (32 * L, l_wr, l_rd, 1),
             Region.COUNTERS: (32, None, c_rd, 1),
@@ -637,6 +655,8 @@ class Engine(wiring.Component):
         ts_v2, tt_v2 = Signal(), Signal()
         ts_i2, tt_i2 = Signal.like(shift.tab.payload.addr), Signal.like(stage.tbl.payload.chan)
         s_data2 = Signal.like(s_rd.data, reset_less=True)
+        # the schedule word of the read two cycles ago: its block RAM's own register, or ours
+        s_word2 = s_rd.data if sched_latency == 2 else s_data2
         with m.If(running):
             m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
 
@@ -657,16 +677,16 @@ class Engine(wiring.Component):
                     m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0), ts_v2.eq(0), tt_v2.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
-                # one read per cycle from each memory; the word read in cycle n is registered in n+1
-                # (beside its index; the table's word in its own output register) and written in
-                # n+2: the block RAMs' data go to a register only (45F t17's critical path ran from
-                # the channel table's block RAM into the output stage's tables)
+                # one read per cycle from each memory; the word read in cycle n is in its block RAM's
+                # output register in n+1 (its index beside it) and written in n+2: the block RAMs'
+                # data go to a register only (45F t17's critical path ran from the channel table's
+                # block RAM into the output stage's tables)
                 m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
                              t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
                 m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t),
-                             ts_v2.eq(ts_v), ts_i2.eq(ts - 1), s_data2.eq(s_rd.data),
+                             ts_v2.eq(ts_v), ts_i2.eq(ts - 1), *([s_data2.eq(s_rd.data)] if sched_latency == 1 else []),
                              tt_v2.eq(tt_v), tt_i2.eq(tt - 1)]
                 with m.If(more_s):
                     m.d.sync += ts.eq(ts + 1)
@@ -674,7 +694,7 @@ class Engine(wiring.Component):
                     m.d.sync += tt.eq(tt + 1)
                 m.d.comb += [
                     shift.tab.valid.eq(ts_v2), shift.tab.payload.addr.eq(ts_i2),
-                    shift.tab.payload.data.eq(s_data2),
+                    shift.tab.payload.data.eq(s_word2),
                     stage.tbl.valid.eq(tt_v2), stage.tbl.payload.chan.eq(tt_i2),
                     stage.tbl.payload.entry.eq(t_rd.data),     # the table's own output register
                 ]

@@ -21,7 +21,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .dp16kd import SHAPE_WORDS
-from .engine import Engine
+from .engine import Engine, sched_is_sliced
 from .engine_params import EngineParams
 from .link import HostLink, LinkEngine
 
@@ -253,9 +253,12 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     }
     from .sliced_memory import sliced_blocks
 
-    # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks (descriptors 16 bits, tables 18)
+    # hw.sliced_memory.SlicedMemory: bit slices, see sliced_blocks (descriptors 16 bits, tables and,
+    # from 1024 words on, schedules 18: hw.engine.sched_is_sliced)
     sliced = {"act": (p.slice_depth, None), "weight": (p.slice_depth, None), "desc": (0, 16),
               "table": (0, 18), "shift_ring": (0, None)}
+    if sched_is_sliced(p):
+        sliced["sched"] = (0, 18)
     out = {}
     for name, (w, d, copies) in mems.items():
         if name in sliced:
