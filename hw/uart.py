@@ -16,8 +16,8 @@ clock      divisor  error
 60 MHz     20       0 %
 75 MHz     25       0 %
 80 MHz     27       -1.23 %
-84.38 MHz  28       +0.45 %
-95.83 MHz  32       -0.17 %
+92.86 MHz  31       -0.15 %
+103.1 MHz  34       +1.10 %
 =========  =======  =========
 
 so a PLL output that is a multiple of 3 MHz is the comfortable choice.
