@@ -150,7 +150,11 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: cannot read the netlist {args.netlist}: {e}", file=sys.stderr)
         return 2
-    ends, info = analyse(netlist)
+    try:
+        ends, info = analyse(netlist)
+    except (KeyError, TypeError, AttributeError, StopIteration) as e:
+        print(f"error: {args.netlist} is not a Yosys JSON netlist with a top module ({e!r})", file=sys.stderr)
+        return 2
     rows, seen = [], set()
     for t, b, cell, port in ends:
         group = cell.split("_TRELLIS_FF")[0]          # one line per register, not per bit

@@ -7,10 +7,13 @@ tables) run back to back. Reproduce a failure with the seed it prints:
 """
 
 import os
+import random
 
 import pytest
+from amaranth import Module, Signal, signed
+from amaranth.sim import Simulator
 
-from hw.output_stage import OutputStage
+from hw.output_stage import OutputStage, _clamp
 from sim.harness import run_cocotb
 
 STAGE = dict(lanes=4, max_channels=64, max_pool_pixels=4096, fifo_depth=32)
@@ -31,13 +34,6 @@ def test_clamp_of_a_wide_value_equals_min_max(v_bits, bound_bits):
     """``_clamp`` splits a wide comparison into a fits-the-bounds test and a narrow one; every
     value near the bounds' range, near the fits boundary and at random must still clamp as
     min(max(v, lo), hi)."""
-    import random
-
-    from amaranth import Module, Signal, signed
-    from amaranth.sim import Simulator
-
-    from hw.output_stage import _clamp
-
     rng = random.Random(v_bits * 100 + bound_bits)
     v, lo, hi = Signal(signed(v_bits)), Signal(signed(bound_bits)), Signal(signed(bound_bits))
     out = Signal(signed(bound_bits))
