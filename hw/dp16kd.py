@@ -17,14 +17,20 @@ own DP16KD mapping (``share/lattice/brams_map_16kd.v``), so that the tests
 check the wiring (which address pins, which data pins, which enables) and not
 only a behavioural stand-in.
 
-The subset used and modelled: port A writes, port B reads, both in the same
-shape (``DATA_WIDTH`` 1, 2, 4, 9 or 18; the widest true-dual-port shape), chip
-selects tied off (``CSDECODE="0b000"``), no resets, port B's output register
-always enabled (``OCEB=1``) or enabled with the read (``OCEB=CEB``, a
-pipeline that stalls as a whole). Read data then appear two cycles after a read
-with ``CEB`` high: the block's read latch loads at the first edge, its output
-register at the second; both hold while ``CEB`` is low, like a synchronous
-read port followed by a register.
+The subset used and modelled: both ports in the same shape (``DATA_WIDTH`` 1, 2,
+4, 9 or 18; the widest true-dual-port shape), chip selects tied off
+(``CSDECODE="0b000"``), no resets, ``WRITEMODE="NORMAL"``. A port writes in a
+cycle with ``CE`` and ``WE`` high and reads (loads its read latch) with ``CE``
+high and ``WE`` low; during a write its latch holds. Its output register
+(``REGMODE="OUTREG"``) loads the latch in every cycle its ``OCE`` is high.
+:func:`dp16kd_ports` wires port A to write and port B to read, with port B's
+output register always enabled (``OCEB=1``) or enabled with the read
+(``OCEB=CEB``, a pipeline that stalls as a whole): read data then appear two
+cycles after a read with ``CEB`` high, like a synchronous read port followed by
+a register. :mod:`hw.dual_read` uses both ports for reading and for writing.
+
+:func:`ebr_count` and :func:`inferred_blocks` say how many blocks Yosys gives an
+inferred memory, and whether it prefers LUT RAM.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
 __all__ = ["DP16KD_BITS", "DATA_WIDTH", "SHAPE_WORDS", "words_per_block", "blocks_deep", "dp16kd_ports",
-           "DP16KDModel"]
+           "DP16KDModel", "ebr_count", "inferred_blocks"]
 
 #: bits of one block (the 9- and 18-bit shapes add a parity bit per byte, unused here)
 DP16KD_BITS = 16384
@@ -46,6 +52,30 @@ DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 9: 9, 16: 18, 18: 18}
 _ADDR_LSB = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4}
 #: words of each true-dual-port shape (``DATA_WIDTH``: words)
 SHAPE_WORDS = {1: 16384, 2: 8192, 4: 4096, 9: 2048, 18: 1024}
+
+
+#: the block shapes of an inferred memory with one write and one read port: the 512 x 36
+#: simple-dual-port shape and the true-dual-port ones
+_EBR_SHAPES = ((36, 512), *SHAPE_WORDS.items())
+
+
+def ebr_count(width: int, depth: int) -> int:
+    """``DP16KD`` blocks for one ``width x depth`` memory with one write and one read port."""
+    return min(-(-width // w) * -(-depth // d) for w, d in _EBR_SHAPES)
+
+
+def inferred_blocks(width: int, depth: int) -> int:
+    """``DP16KD`` of one inferred memory, 0 where Yosys' ``memory_libmap`` prefers LUT RAM.
+
+    Its costs (``share/lattice/{brams_16kd,lutrams_trellis}.txt``): 128 per ``DP16KD``,
+    4 per ``TRELLIS_DPR16X4`` (16 words x 4 bits), plus the read multiplexer of a LUT RAM
+    deeper than 16 words, counted here as one LUT per bit and extra 16 words. A tie goes to
+    the block RAM. (Calibrated on what Yosys 0.70 maps for the 85F and the reduced SoC.)
+    """
+    ebr = ebr_count(width, depth)
+    chunks = -(-depth // 16)
+    lut = 4 * chunks * -(-width // 4) + (chunks - 1) * width
+    return ebr if 128 * ebr <= lut else 0
 
 
 def words_per_block(bits: int) -> int:
@@ -103,20 +133,24 @@ def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
 
 
 class DP16KDModel(Elaboratable):
-    """A DP16KD for Amaranth's simulator, configured by :func:`dp16kd_ports`' keywords.
+    """A DP16KD for Amaranth's simulator, configured by keywords like :func:`dp16kd_ports`' own.
 
-    It interprets the pins: the word address from ``AD13..ADn`` of each port, write data from
-    ``DIA``, read data onto ``DOB``, ``CEA & WEA`` writes, ``CEB`` loads the read latch, and with
-    ``REGMODE_B="OUTREG"`` the output register loads the latch every cycle ``OCEB`` is high.
-    Only the configuration :func:`dp16kd_ports` produces is accepted.
+    It interprets the pins of each port: the word address from ``AD13..ADn``, ``CE & WE`` writes
+    ``DI`` (with the 18-bit shape's byte enables on ``AD1..AD0``), ``CE & ~WE`` loads the read
+    latch, and with ``REGMODE="OUTREG"`` the output register loads the latch every cycle ``OCE``
+    is high; ``DO`` is the register or the latch. Only the subset of the module docstring is
+    accepted.
     """
 
     def __init__(self, **kw):
         width = kw["p_DATA_WIDTH_A"]
         if kw["p_DATA_WIDTH_B"] != width or width not in _ADDR_LSB:
             raise ValueError("DP16KDModel: both ports in one of the shapes 1, 2, 4, 9, 18")
-        if kw["p_REGMODE_A"] != "NOREG" or kw["p_CSDECODE_A"] != "0b000" or kw["p_CSDECODE_B"] != "0b000":
-            raise ValueError("DP16KDModel: port A without output register, chip selects decoded as 0b000")
+        for port in "AB":
+            if kw[f"p_CSDECODE_{port}"] != "0b000" or kw.get(f"p_WRITEMODE_{port}", "NORMAL") != "NORMAL":
+                raise ValueError("DP16KDModel: chip selects decoded as 0b000, WRITEMODE NORMAL")
+            if kw[f"p_REGMODE_{port}"] not in ("NOREG", "OUTREG"):
+                raise ValueError("DP16KDModel: REGMODE NOREG or OUTREG")
         self.kw = kw
         self.width = width
 
@@ -128,27 +162,28 @@ class DP16KDModel(Elaboratable):
         if kw["i_CLKA"].domain != domain:
             raise ValueError("DP16KDModel: both ports in one clock domain")
         mem = m.submodules.mem = Memory(shape=width, depth=SHAPE_WORDS[width], init=[])
-        wr = mem.write_port(domain=domain, granularity=9 if width == 18 else None)
-        rd = mem.read_port(domain=domain, transparent_for=())
 
         def pins(name, count):
             return Cat(*(kw[f"{name}{k}"] for k in range(count)))
 
-        a_addr, b_addr = pins("i_ADA", 14)[lsb:], pins("i_ADB", 14)[lsb:]
-        cs_ok = {port: pins(f"i_CS{port}", 3) == 0 for port in "AB"}
-        write = kw["i_CEA"] & kw["i_WEA"] & ~kw["i_RSTA"] & cs_ok["A"]
-        if width == 18:
-            write = Cat(write & kw["i_ADA0"], write & kw["i_ADA1"])
-        m.d.comb += [wr.addr.eq(a_addr), wr.data.eq(pins("i_DIA", width)), wr.en.eq(write),
-                     rd.addr.eq(b_addr), rd.en.eq(kw["i_CEB"] & cs_ok["B"])]
-        out = rd.data
-        if kw["p_REGMODE_B"] == "OUTREG":
-            reg = Signal(width, reset_less=True)
-            with m.If(kw["i_OCEB"]):
-                m.d[domain] += reg.eq(rd.data)
-            out = reg
-        for pin in range(width):
-            name = f"o_DOB{pin}"
-            if name in kw:
-                m.d.comb += kw[name].eq(out[pin])
+        for port in "AB":
+            wr = mem.write_port(domain=domain, granularity=9 if width == 18 else None)
+            rd = mem.read_port(domain=domain, transparent_for=())
+            addr = pins(f"i_AD{port}", 14)[lsb:]
+            enabled = kw[f"i_CE{port}"] & ~kw[f"i_RST{port}"] & (pins(f"i_CS{port}", 3) == 0)
+            write = enabled & kw[f"i_WE{port}"]
+            if width == 18:
+                write = Cat(write & kw[f"i_AD{port}0"], write & kw[f"i_AD{port}1"])
+            m.d.comb += [wr.addr.eq(addr), wr.data.eq(pins(f"i_DI{port}", width)), wr.en.eq(write),
+                         rd.addr.eq(addr), rd.en.eq(enabled & ~kw[f"i_WE{port}"])]
+            out = rd.data
+            if kw[f"p_REGMODE_{port}"] == "OUTREG":
+                reg = Signal(width, reset_less=True, name=f"outreg_{port.lower()}")
+                with m.If(kw[f"i_OCE{port}"]):
+                    m.d[domain] += reg.eq(rd.data)
+                out = reg
+            for pin in range(width):
+                name = f"o_DO{port}{pin}"
+                if name in kw:
+                    m.d.comb += kw[name].eq(out[pin])
         return m

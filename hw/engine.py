@@ -58,6 +58,8 @@ from amaranth.utils import ceil_log2
 
 from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EngineParams, Region,
                             descriptor_layout, parts_for)
+from .dp16kd import inferred_blocks
+from .dual_read import MAX_DEPTH, DualReadMemory
 from .link import BusSignature
 from .output_stage import Mode, OutputStage, TableEntry
 from .skid import SkidBuffer
@@ -73,7 +75,8 @@ def sched_is_sliced(params: EngineParams) -> bool:
 
     From 1024 words on, 1024 x 18 is the widest block shape anyway, so the slices take no more
     blocks than Yosys' own mapping; a shallower memory Yosys packs into 512 x 36 blocks, and the
-    25F's has no block to spare."""
+    25F's has no block to spare: it is read through both ports of such blocks instead
+    (:class:`hw.dual_read.DualReadMemory`), at Yosys' block count."""
     return params.sched_words >= 1024
 
 
@@ -116,7 +119,7 @@ class Engine(wiring.Component):
         self.array = SystolicArray(params.rows, params.cols, out_lanes=params.lanes,
                                    tag_width=tag_layout(params).size, max_cin=params.max_gather)
         self.stage = OutputStage(params.lanes, max_channels=params.max_cout,
-                                 max_pool_pixels=params.max_out_pixels, fifo_depth=32)
+                                 max_pool_pixels=params.max_out_pixels, fifo_depth=32, block_ram=block_ram)
         self.feeder = TileFeeder(params, self.array.input_layout)
         self.desc_layout = descriptor_layout(params, self.shift.cfg_layout)
         super().__init__({"bus": In(BusSignature()), "busy": Out(1), "done": Out(1)})
@@ -176,11 +179,18 @@ class Engine(wiring.Component):
         desc_mem = SlicedMemory(width=32, depth=p.max_layers * DESC_WORDS, read_ports=1, name="desc_mem",
                                 output_registers=1, slice_bits=16, block_ram=self.block_ram)
         # the shift schedules likewise where that costs no block RAM (t45's critical path ran from a
-        # schedule block RAM, 4.2 ns away, into its host-read entry register)
+        # schedule block RAM, 4.2 ns away, into its host-read entry register): from 1024 words on in
+        # 18-bit slices, below in blocks read through both ports (hw.dual_read; the host writes
+        # them only while the engine is stopped, and no read is pending then)
+        slot_bits = shift.slot_layout.size
         if sched_is_sliced(p):
-            sched = SlicedMemory(width=shift.slot_layout.size, depth=p.sched_words, read_ports=1, name="sched",
+            sched = SlicedMemory(width=slot_bits, depth=p.sched_words, read_ports=1, name="sched",
                                  output_registers=1, slice_bits=18, block_ram=self.block_ram)
             s_wr, (s_rd,) = sched.write, sched.reads
+            sched_latency = sched.read_latency
+        elif p.sched_words <= MAX_DEPTH and inferred_blocks(slot_bits, p.sched_words):
+            sched = DualReadMemory(width=slot_bits, depth=p.sched_words, name="sched", block_ram=self.block_ram)
+            s_wr, s_rd = sched.write, sched.read
             sched_latency = sched.read_latency
         else:
             sched = Memory(shape=shift.slot_layout.size, depth=p.sched_words, init=[])
@@ -277,6 +287,9 @@ class Engine(wiring.Component):
         wrap_shape = signed(max(len(desc.ring_end), len(step_row)) + 1)
         wrap_word, wrap_pix, wrap_row = (Signal(wrap_shape, name=f"rd_wrap_{n}") for n in ("word", "pix", "row"))
         last_w, last_x, last_y = Signal.like(rd_w), Signal.like(rd_x), Signal.like(rd_y)
+        # the indices before the last (wrapping to all ones for a single word or pixel, where they are
+        # never compared): the counters' "more to come" flags are equalities of registers
+        before_last_w, before_last_x = Signal.like(rd_w), Signal.like(rd_x)
         # the sums of three descriptor fields in two register steps, every cycle: the descriptor
         # is complete from the first LOAD_TABLES cycle on, two cycles before the reader needs them
         wrap_pix_pre = Signal(wrap_shape)
@@ -290,6 +303,8 @@ class Engine(wiring.Component):
                 wrap_pix.eq(desc.ring_end - 1 - desc.rd_skip),
                 last_w.eq(desc.shift.in_beats - 1),
                 last_x.eq(desc.shift.width - 1),
+                before_last_w.eq(desc.shift.in_beats - 2),
+                before_last_x.eq(desc.shift.width - 2),
                 last_y.eq(desc.shift.height - 1),
             ]
         # rd_w != last_w and rd_x != last_x, kept as registers beside the counters (45F t25's
@@ -310,11 +325,11 @@ class Engine(wiring.Component):
             # ordinary pass)
             m.d.sync += rd_addr.eq(Mux(rd_addr == rd_wrap_at, desc.in_base, rd_addr + rd_step))
             with m.If(w_more):
-                m.d.sync += [rd_w.eq(rd_w + 1), w_more.eq(rd_w + 1 != last_w)]
+                m.d.sync += [rd_w.eq(rd_w + 1), w_more.eq(rd_w != before_last_w)]
             with m.Else():
                 m.d.sync += [rd_w.eq(0), w_more.eq(last_w != 0), rd_pix.eq(rd_pix + 1)]
                 with m.If(x_more):
-                    m.d.sync += [rd_x.eq(rd_x + 1), x_more.eq(rd_x + 1 != last_x)]
+                    m.d.sync += [rd_x.eq(rd_x + 1), x_more.eq(rd_x != before_last_x)]
                 with m.Else():
                     m.d.sync += [rd_x.eq(0), x_more.eq(last_x != 0), rd_y.eq(rd_y + 1)]
                     with m.If(rd_y == last_y):
@@ -414,8 +429,12 @@ class Engine(wiring.Component):
             m.d.sync += [y_pix.eq(tag.pix0 + ao.pixel),
                          y_words.eq(Mux(tag.ctx, desc.shift.in_beats, desc.out_words))]
         keys = ("acc", "mask", "chan", "first", "last", "ctx")
+        # the layer's last output pixel, a register (the descriptor is static while the layer runs):
+        # the map's last beat is an equality of registers, not an adder and a compare behind y_pix
+        last_out_pix = Signal.like(desc.out_pixels)
+        m.d.sync += last_out_pix.eq(desc.out_pixels - 1)
         advance(mul, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
-                                      last=y_pix + 1 == desc.out_pixels, ctx=y["ctx"]))
+                                      last=y_pix == last_out_pix, ctx=y["ctx"]))
         with m.If(y["valid"]):
             m.d.sync += m_pix_off.eq(y_pix * y_words)
         advance(z, mul["valid"], {k: mul[k] for k in keys})
@@ -577,12 +596,13 @@ class Engine(wiring.Component):
                 m.d.comb += bus_part.eq(part)
             # each region's word registered next to its memory, then the region multiplexer: the
             # block RAMs' read data (about 5.8 ns clock-to-out) never meets the multiplexer directly.
-            # A wide entry read straight from a block RAM (latency 1) is registered whole before its
-            # word is selected (t31's critical path ran from the table's block RAM through that
-            # selection); the sliced memories' data are registered already. Neither adds to the
-            # read's six cycles, which the big memories' latency sets.
+            # An entry read straight from a block RAM (latency 1) is registered whole before its
+            # word is selected and registered again (t31's critical path ran from the table's block
+            # RAM through that selection; the counters' block RAM led t46's logic ranking); the
+            # other memories' data are registered already. Neither adds to the read's six cycles,
+            # which the big memories' latency sets.
             entry_data = rd.data
-            if k > 1 and latency == 1:
+            if latency == 1:
                 entry_data = Signal(width, name=f"host_rd_entry{reg}", reset_less=True)
                 m.d.sync += entry_data.eq(rd.data)
             padded = Cat(entry_data, Const(0, 32 * k - width)) if 32 * k > width else entry_data
@@ -659,6 +679,10 @@ class Engine(wiring.Component):
         s_word2 = s_rd.data if sched_latency == 2 else s_data2
         with m.If(running):
             m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
+        # whether the layer is the run's last, a register (layer is unchanged from COUNT0 to COUNT1,
+        # where it is used): the adder and compare stay off the paths into the state and run flags
+        final_layer = Signal()
+        m.d.sync += final_layer.eq(layer + 1 == n_layers)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -718,7 +742,7 @@ class Engine(wiring.Component):
             with m.State("COUNT1"):
                 m.d.comb += [c_wr.addr.eq(2 * layer + 1), c_wr.data.eq(feeder.beats), c_wr.en.eq(1)]
                 m.d.sync += [layer.eq(layer + 1), layer_cycles.eq(0), k.eq(0)]
-                with m.If(layer + 1 == n_layers):
+                with m.If(final_layer):
                     m.d.sync += [running.eq(0), done.eq(1), runs.eq(runs + 1)]
                     m.next = "IDLE"
                 with m.Else():

@@ -245,6 +245,7 @@ class LinkEngine(wiring.Component):
         bus_failed = Signal()
         wbuf = Signal(32)
         w_data = Signal(32)              # the bus write word, registered off the buffer's block RAM
+        w_near = Signal(32)              # its first register
         tbyte = Signal(2)
         tcrc = Signal(16)
         tx_crc_next = Signal(16)
@@ -392,9 +393,14 @@ class LinkEngine(wiring.Component):
                 m.next = "WRITE_LATCH"
 
             with m.State("WRITE_LATCH"):
-                # the bus sees the word from a register: the block RAM's clock-to-out (5.6 ns
-                # on ECP5) stays off the engine's write-decode paths
-                m.d.sync += w_data.eq(rp.data)
+                # the bus sees the word from two registers: the block RAM's clock-to-out (5.6 ns
+                # on ECP5) stays off the engine's write-decode paths, and the first register is
+                # free to sit beside the block (t46's logic ranking had this route among its first)
+                m.d.sync += w_near.eq(rp.data)
+                m.next = "WRITE_LATCH2"
+
+            with m.State("WRITE_LATCH2"):
+                m.d.sync += w_data.eq(w_near)
                 m.next = "WRITE_BUS"
 
             with m.State("WRITE_BUS"):

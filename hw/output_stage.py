@@ -53,8 +53,10 @@ in block RAM or in LUT RAM, whichever its cost model prefers (block RAM for the
 85F's 512 channels, LUT RAM for the small parts' 64). Block RAM as Yosys infers
 it for ECP5 has no output register (about 5.6 ns clock-to-out), hence the
 register; a deep LUT RAM read asynchronously would put a read address with
-hundreds of loads on the path (docs/BUILD.md, t20). The table is read as the
-beat is accepted, the pool sum one stage before it is needed; two beats of the
+hundreds of loads on the path (docs/BUILD.md, t20). A table in block RAM is a
+:class:`hw.dual_read.DualReadMemory` instead, whose data come from the blocks'
+own output registers. The table is read as the beat is accepted, the pool sum
+three stages before it is needed (behind two registers); three beats of the
 same channel group closer than the read-to-write distance take the sum from a
 bypass register instead. Accept-to-output latency: 19 cycles.
 
@@ -73,6 +75,8 @@ from amaranth.utils import bits_for, ceil_log2
 
 from quant.numerics import ACC_BITS, MULT_BITS, SHIFT_MAX
 
+from .dp16kd import inferred_blocks
+from .dual_read import DualReadMemory
 from .mult import Multiplier, WideMultiplier
 
 __all__ = ["OutputStage", "Mode", "ConfigLayout", "TableEntry", "ACT_OUT_SHAPE"]
@@ -164,6 +168,9 @@ class OutputStage(wiring.Component):
     fifo_depth : int
         Output FIFO depth (and credit count); must exceed ``LATENCY`` for full
         throughput. Default 32.
+    block_ram : str
+        How a channel table that Yosys would put into block RAM is built
+        (:class:`hw.dual_read.DualReadMemory`'s choices; default ``"auto"``).
 
     Members
     -------
@@ -200,7 +207,7 @@ class OutputStage(wiring.Component):
     LUTRAM_DELAY = 8
 
     def __init__(self, lanes: int = 4, *, max_channels: int = 512, max_pool_pixels: int = 65536,
-                 fifo_depth: int = 32):
+                 fifo_depth: int = 32, block_ram: str = "auto"):
         if not isinstance(lanes, int) or not 1 <= lanes <= 32 or lanes & (lanes - 1):
             raise ValueError(f"lanes must be a power of two in 1..32, not {lanes!r}")
         if (not isinstance(max_channels, int) or max_channels < lanes
@@ -214,6 +221,7 @@ class OutputStage(wiring.Component):
         self._max_channels = max_channels
         self._max_pool_pixels = max_pool_pixels
         self._fifo_depth = fifo_depth
+        self._block_ram = block_ram
         # |y| <= 256 per pixel: the pool sum needs bits_for(256 * pixels) + sign
         self._pool_bits = bits_for(256 * max_pool_pixels) + 1
         chan_shape = unsigned(max(1, ceil_log2(max_channels)))
@@ -325,7 +333,8 @@ class OutputStage(wiring.Component):
             nxt = Signal(name=f"v{k}")
             m.d.sync += nxt.eq(cur)
             v[k] = cur = nxt
-        chan7 = delay(chan1, 6, "chan")
+        chan6 = delay(chan1, 5, "chan")
+        chan7 = delay(chan6, 1, "chan7")
         chan8 = delay(chan7, 1, "chan8")
         pf8 = delay(pf1, 7, "pool_first")
         pl8 = delay(pl1, 7, "pool_last")
@@ -344,45 +353,66 @@ class OutputStage(wiring.Component):
 
         pool_mode = Signal()
         m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
-        # pool control. The sums are read in stage 7 (synchronously: the data is registered in
-        # stage 9) and written back in stage 9, so the two beats ahead of a beat (in stages 9 and
-        # 10 while it is in stage 8) may have written its channel group after its read: it then
-        # takes their sum from psum10 / psum11 instead (the nearer one wins).
+        # pool control. The sums are read in stage 6 (synchronously; the data pass two registers,
+        # the first free to sit beside a block RAM, and are due in stage 9) and written back in
+        # stage 9, so the three beats ahead of a beat (in stages 9, 10 and 11 while it is in stage
+        # 8) may have written its channel group after its read: it then takes their sum from
+        # psum10 / psum11 / psum12 instead (the nearest one wins).
         chan9 = delay(chan8, 1, "chan9")
         chan10 = delay(chan9, 1, "chan10")
+        chan11 = delay(chan10, 1, "chan11")
         pf9 = delay(pf8, 1, "pool_first9")
         pool_we9 = Signal()
         m.d.comb += pool_we9.eq(v[9] & pool_mode & ~alt9)
         pool_we10 = delay(pool_we9, 1, "pool_we10")
-        bypass1, bypass2 = Signal(), Signal()
+        pool_we11 = delay(pool_we10, 1, "pool_we11")
+        bypass1, bypass2, bypass3 = Signal(), Signal(), Signal()
         m.d.sync += [bypass1.eq(pool_we9 & ((chan9 >> lg) == (chan8 >> lg))),
-                     bypass2.eq(pool_we10 & ((chan10 >> lg) == (chan8 >> lg)))]
+                     bypass2.eq(pool_we10 & ((chan10 >> lg) == (chan8 >> lg))),
+                     bypass3.eq(pool_we11 & ((chan11 >> lg) == (chan8 >> lg)))]
         pmem = Memory(shape=data.ArrayLayout(signed(self._pool_bits), N), depth=depth, init=[])
         m.submodules.pool = pmem
         pwr = pmem.write_port()
         prd = pmem.read_port()
+        read8 = Signal.like(prd.data, name="pool_read8")
         read9 = Signal.like(prd.data, name="pool_read")
-        m.d.comb += [prd.addr.eq(chan7 >> lg), pwr.addr.eq(chan9 >> lg), pwr.en.eq(pool_we9)]
-        m.d.sync += read9.eq(prd.data)
+        m.d.comb += [prd.addr.eq(chan6 >> lg), pwr.addr.eq(chan9 >> lg), pwr.en.eq(pool_we9)]
+        m.d.sync += [read8.eq(prd.data), read9.eq(read8)]
         y9 = []
 
         out_data = []
         for k in range(N):
             # ---- table (m, s, bias), banked by lane --------------------------
-            tmem = Memory(shape=TableEntry, depth=depth, init=[])
-            m.submodules[f"table{k}"] = tmem
-            twr = tmem.write_port()
-            m.d.comb += [
-                twr.addr.eq(self.tbl.payload.chan >> lg),
-                twr.data.eq(self.tbl.payload.entry),
-                twr.en.eq(self.tbl.valid & ((self.tbl.payload.chan & (N - 1)) == k)),
-            ]
-            # read as the beat is accepted; the data (a block RAM's, without output register)
-            # is registered before it meets the bias adder
-            trd = tmem.read_port()
-            m.d.comb += trd.addr.eq(ip.chan >> lg)
-            ent = Signal(TableEntry, name=f"entry{k}")
-            m.d.sync += ent.eq(trd.data)             # valid in stage 1
+            # read as the beat is accepted, its entry due in stage 1. In block RAM (the 85F's 128
+            # entries per lane) both ports of each block read, so that the entry comes from the
+            # blocks' own output registers (hw.dual_read; 85F t46's critical path ran from a table
+            # block RAM's late read data across the die into this stage); in LUT RAM the read data
+            # are registered here
+            entry_bits = Value.cast(self.tbl.payload.entry).shape().width
+            tbl_write = self.tbl.valid & ((self.tbl.payload.chan & (N - 1)) == k)
+            ent = Signal(TableEntry, name=f"entry{k}")              # valid in stage 1
+            if inferred_blocks(entry_bits, depth):
+                tmem = DualReadMemory(width=entry_bits, depth=depth, name=f"table{k}", block_ram=self._block_ram)
+                m.submodules[f"table{k}"] = tmem
+                m.d.comb += [
+                    tmem.write.addr.eq(self.tbl.payload.chan >> lg),
+                    tmem.write.data.eq(self.tbl.payload.entry),
+                    tmem.write.en.eq(tbl_write),
+                    tmem.read.addr.eq(ip.chan >> lg),
+                    tmem.read.en.eq(1),
+                    ent.eq(tmem.read.data),
+                ]
+            else:
+                tmem = Memory(shape=TableEntry, depth=depth, init=[])
+                m.submodules[f"table{k}"] = tmem
+                twr, trd = tmem.write_port(), tmem.read_port()
+                m.d.comb += [
+                    twr.addr.eq(self.tbl.payload.chan >> lg),
+                    twr.data.eq(self.tbl.payload.entry),
+                    twr.en.eq(tbl_write),
+                    trd.addr.eq(ip.chan >> lg),
+                ]
+                m.d.sync += ent.eq(trd.data)
 
             # ---- stage 1: acc + bias, start of the multiplies ----------------
             vsum = Signal(signed(ACC_BITS + 1), name=f"vsum{k}")
@@ -432,15 +462,17 @@ class OutputStage(wiring.Component):
             y_x = delay(y9k, EXIT - 9, f"yq{k}")
             y9.append(y9k)
 
-            # ---- stages 7-9: pool read-modify-write -----------------------------
+            # ---- stages 6-9: pool read-modify-write -----------------------------
             psum = Signal(signed(self._pool_bits), name=f"psum{k}")
             psum10 = Signal.like(psum, name=f"psum{k}_10")
             psum11 = Signal.like(psum, name=f"psum{k}_11")
+            psum12 = Signal.like(psum, name=f"psum{k}_12")
             m.d.comb += [
-                psum.eq(Mux(pf9, 0, Mux(bypass1, psum10, Mux(bypass2, psum11, read9[k]))) + y9[k]),
+                psum.eq(Mux(pf9, 0, Mux(bypass1, psum10, Mux(bypass2, psum11, Mux(bypass3, psum12, read9[k]))))
+                        + y9[k]),
                 pwr.data[k].eq(psum),
             ]
-            m.d.sync += psum11.eq(psum10)
+            m.d.sync += [psum11.eq(psum10), psum12.eq(psum11)]
             # stage 10: the sum, registered (the route into the DSP); 13: product;
             # 14: rounding constant; 15: shift; 16: clamp, exit
             m.d.sync += psum10.eq(psum)

@@ -99,6 +99,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .dp16kd import inferred_blocks
+from .dual_read import MAX_DEPTH, DualReadMemory
 from .fanout import register_copies
 from .sliced_memory import SlicedMemory
 
@@ -262,7 +264,8 @@ class ShiftUnit(wiring.Component):
     max_slots : int, optional
         Schedule depth; default ``max_cout`` (enough for any table).
     block_ram : str, optional
-        How the ring banks build block RAMs (:class:`hw.sliced_memory.SlicedMemory`'s ``block_ram``).
+        How the ring banks and a schedule in block RAM build their blocks
+        (:class:`hw.sliced_memory.SlicedMemory`'s and :class:`hw.dual_read.DualReadMemory`'s ``block_ram``).
 
     Members
     -------
@@ -460,10 +463,22 @@ class ShiftUnit(wiring.Component):
         cfg = self.cfg
         abits = self._addr_bits
 
-        # Schedule RAM (written through `tab`) and the L ring banks.
-        m.submodules.sched = sched = Memory(shape=self.slot_layout, depth=self.max_slots, init=[])
-        tab_wr = sched.write_port()
-        sched_rd = sched.read_port(transparent_for=())
+        # Schedule RAM (written through `tab`) and the L ring banks. The schedule word is read at the
+        # issue and registered (stage 2, `entry`) with the pipeline's advance. In block RAM both ports
+        # of each block read and the register is the blocks' own (hw.dual_read: 45F t28's critical
+        # path ran from the schedule's block RAM into `entry`); writes come only while idle.
+        entry = Signal(self.slot_layout)
+        slot_bits = self.slot_layout.size
+        sched_in_blocks = self.max_slots <= MAX_DEPTH and inferred_blocks(slot_bits, self.max_slots) > 0
+        if sched_in_blocks:
+            sched = DualReadMemory(width=slot_bits, depth=self.max_slots, name="sched", block_ram=self.block_ram,
+                                   registers_follow_en=True)
+            tab_wr, sched_rd = sched.write, sched.read
+            m.d.comb += entry.eq(sched_rd.data)
+        else:
+            sched = Memory(shape=slot_bits, depth=self.max_slots, init=[])
+            tab_wr, sched_rd = sched.write_port(), sched.read_port(transparent_for=())
+        m.submodules.sched = sched
         m.d.comb += [
             self.tab.ready.eq(1),
             tab_wr.addr.eq(self.tab.payload.addr),
@@ -533,8 +548,13 @@ class ShiftUnit(wiring.Component):
 
         in_fire = self.i.valid & self.i.ready
         in_pixel_done = in_fire & (in_beat == last_beat)
+        # in_done + 1 and lead + 1 are counters of their own, kept beside in_done and lead, so that
+        # each term is one compare of registers (the t46 netlist's second-deepest path ran from
+        # in_done through the increment and its compares into `ready`)
+        in_done_p1 = Signal(pix_shape.width + 1, init=1)
+        lead_p1 = Signal(pix_shape.width + 1, init=1)
         m.d.sync += ready.eq(Mux(in_pixel_done,
-                                 (in_done + 1 != cfg.pixels) & ((in_done + 1 < room_lim) | (lead + 1 < lead_lim)),
+                                 (in_done_p1 != cfg.pixels) & ((in_done_p1 < room_lim) | (lead_p1 < lead_lim)),
                                  ~frame_in & ((in_done < room_lim) | (lead < lead_lim))))
         in_lanes = Array(self.i.payload[k] for k in range(L))
         # An accepted beat is written a cycle later, from registers: one copy of the address and
@@ -556,7 +576,7 @@ class ShiftUnit(wiring.Component):
         with m.If(in_fire):
             m.d.sync += wptr.eq(Mux(wptr == last_word, 0, wptr + 1))
             with m.If(in_pixel_done):
-                m.d.sync += [in_beat.eq(0), in_done.eq(in_done + 1)]
+                m.d.sync += [in_beat.eq(0), in_done.eq(in_done + 1), in_done_p1.eq(in_done_p1 + 1)]
             with m.Else():
                 m.d.sync += in_beat.eq(in_beat + 1)
 
@@ -585,9 +605,9 @@ class ShiftUnit(wiring.Component):
                 m.d.sync += slot.eq(slot + 1)
         # both neighbours of lead are computed from the register alone; the handshakes only select
         with m.If(in_pixel_done & ~out_pixel_done):
-            m.d.sync += lead.eq(lead + 1)
+            m.d.sync += [lead.eq(lead + 1), lead_p1.eq(lead_p1 + 1)]
         with m.Elif(out_pixel_done & ~in_pixel_done):
-            m.d.sync += lead.eq(lead - 1)
+            m.d.sync += [lead.eq(lead - 1), lead_p1.eq(lead_p1 - 1)]
 
         # Per-pixel values the address and bounds logic needs, computed here so
         # that stage 2 has one carry chain per bank: the ring base with both
@@ -615,14 +635,15 @@ class ShiftUnit(wiring.Component):
         with m.If(out_done & ~v1 & ~v2):
             m.d.sync += [
                 out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
-                in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0),
+                in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0), in_done_p1.eq(1), lead_p1.eq(1),
                 ready.eq(0),      # recomputed for the new frame in the next cycle
             ]
 
         # ---- stage 2: registered schedule word -> bank addresses, bounds checks -----
-        entry = Signal(self.slot_layout)
         with m.If(run):
-            m.d.sync += [v2.eq(v1), pix2.eq(pix1), entry.eq(sched_rd.data)]
+            m.d.sync += [v2.eq(v1), pix2.eq(pix1)]
+            if not sched_in_blocks:
+                m.d.sync += entry.eq(sched_rd.data)
         inside3 = Signal(L)
         lane3 = Signal(self.slot_layout["lane"].shape)
         last3 = Signal()

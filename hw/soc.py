@@ -20,7 +20,7 @@ from amaranth import Cat, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .dp16kd import SHAPE_WORDS
+from .dp16kd import ebr_count, inferred_blocks
 from .engine import Engine, sched_is_sliced
 from .engine_params import EngineParams
 from .link import HostLink, LinkEngine
@@ -191,30 +191,6 @@ REDUCED_SOC_PARAMS = EngineParams(rows=2, cols=2, lanes=2, act_words=512, weight
                                   sched_words=64, table_words=64, logit_words=4, max_width=8, max_height=8,
                                   max_cin=16, max_gather=16, radius=1, max_cout=16)
 
-#: ECP5 DP16KD (18 Kbit) aspect ratios, ``(width, depth)``: hw.dp16kd's true-dual-port shapes and
-#: 36 bits wide as a simple dual port, which is all the engine's memories need (one write port, one
-#: read port per copy).
-_EBR_SHAPES = ((36, 512), *SHAPE_WORDS.items())
-
-
-def ebr_count(width: int, depth: int) -> int:
-    """``DP16KD`` blocks for one ``width x depth`` memory with one write and one read port."""
-    return min(-(-width // w) * -(-depth // d) for w, d in _EBR_SHAPES)
-
-
-def _blocks(width: int, depth: int) -> int:
-    """``DP16KD`` of one memory copy, 0 where Yosys' ``memory_libmap`` prefers LUT RAM.
-
-    Its costs (``share/lattice/{brams_16kd,lutrams_trellis}.txt``): 128 per ``DP16KD``,
-    4 per ``TRELLIS_DPR16X4`` (16 words x 4 bits), plus the read multiplexer of a LUT RAM
-    deeper than 16 words, counted here as one LUT per bit and extra 16 words. A tie goes to
-    the block RAM. (Calibrated on what Yosys 0.70 maps for the 85F and the reduced SoC.)
-    """
-    ebr = ebr_count(width, depth)
-    chunks = -(-depth // 16)
-    lut = 4 * chunks * -(-width // 4) + (chunks - 1) * width
-    return ebr if 128 * ebr <= lut else 0
-
 
 def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     """Multipliers and block RAMs of :class:`UartSoC` with ``params``, before synthesis.
@@ -222,7 +198,7 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
     Returns ``{"MULT18X18D": n, "DP16KD": n, "memories": {name: {"width", "depth", "copies", "DP16KD"}}}``.
     A memory read through two ports is stored twice (one write and one read port per
     copy): the activation memory (the sequential reader and the residual read). Memories
-    that Yosys puts into LUT RAM (see :func:`_blocks`; also the FIFOs, not listed) count 0.
+    that Yosys puts into LUT RAM (see :func:`hw.dp16kd.inferred_blocks`; also the FIFOs, not listed) count 0.
     For the 85F configuration this is exactly what ``synth_ecp5`` (Yosys 0.70) maps
     (docs/BUILD.md gives the figures of the last build); for tiny
     configurations it is an upper bound (Yosys builds narrow multiplies from LUTs).
@@ -264,7 +240,7 @@ def estimate_resources(params: EngineParams, *, max_words: int = 256) -> dict:
         if name in sliced:
             blocks = sliced_blocks(w, d, *sliced[name])
         else:
-            blocks = _blocks(w, d)
+            blocks = inferred_blocks(w, d)
         out[name] = {"width": w, "depth": d, "copies": copies, "DP16KD": blocks * copies}
     return {
         "MULT18X18D": p.rows * p.cols + OUTPUT_STAGE_MULTS_PER_LANE * p.lanes + ADDRESS_MULTS,

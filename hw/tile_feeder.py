@@ -314,9 +314,14 @@ class TileFeeder(wiring.Component):
                 m.d.sync += a_wp.eq(a_wp + 1)
 
         # ------------------------------------------------------------- read side
-        # Between tiles (ci = 0, g = 0) the next tile is chosen combinationally: the shift unit's
-        # stream's next slot if it is full, else the expand input's (fused passes). Inside a tile
-        # the choice is held in cur_slot / cur_ctx.
+        # Between tiles (ci = 0, g = 0) the next tile is the shift unit's stream's next slot if it
+        # is full, else the expand input's (fused passes); inside a tile the choice is held in
+        # cur_slot / cur_ctx. The choice between the streams (pick_a) is a register, made from the
+        # previous cycle's slots: a slot stays full until its tile is issued, so it never points
+        # to a stream whose slot has emptied (the issue still tests the chosen slot now); a slot
+        # filled since then waits a cycle, and the slot after a finished tile is chosen a cycle
+        # late. t47's critical path ran from the fused flag through this choice into the
+        # weight address.
         b_rslot = Signal(range(S))       # next slot of the shift unit's stream
         a_rslot = Signal()               # next slot of the expand input: 2 + a_rslot
         cur_slot = Signal(range(S))
@@ -336,7 +341,7 @@ class TileFeeder(wiring.Component):
         a_next = Signal(range(S))
         m.d.comb += a_next.eq(Cat(a_rslot, 1))
         pick_a = Signal()
-        m.d.comb += pick_a.eq(~full.bit_select(b_rslot, 1) & cfg.fused & full.bit_select(a_next, 1))
+        m.d.sync += pick_a.eq(~full.bit_select(b_rslot, 1) & cfg.fused & full.bit_select(a_next, 1))
         rs = Signal(range(S))            # slot of the beat issued now
         rc = Signal()                    # its context (1: expand half)
         m.d.comb += [
@@ -413,18 +418,24 @@ class TileFeeder(wiring.Component):
         side2 = Signal.like(side1)
         m.d.sync += [v2.eq(v1), side2.eq(side1)]
 
-        # cycle t + 2: the banks' words, registered whole before the lane's byte is selected (45F
-        # t16's critical path ran from a bank's block RAM through that selection); cycle t + 3: the
-        # tile's bytes. They and what goes beside them wait for the weights
+        # cycle t + 2: the banks' words (their block RAMs' late read data), registered whole twice
+        # before the lane's byte is selected, the first register free to sit beside its block (45F
+        # t16's critical path ran from a bank's block RAM through that selection; the 85F's
+        # registers stood across the die from the banks); cycle t + 4: the tile's bytes. They and
+        # what goes beside them wait for the weights
         words2 = Cat(rd.data for _, rd in banks)
         words3 = Signal.like(words2, name="bank_words3")
+        words4 = Signal.like(words2, name="bank_words4")
         v3, side3 = Signal(name="v3"), Signal.like(side2, name="side3")
-        m.d.sync += [words3.eq(words2), v3.eq(v2), side3.eq(side2)]
-        lane3 = side3[:len(lane1)]
-        valid, side = v3, side3
-        acts = Cat(words3.word_select(k, 8 * L).word_select(lane3, 8) if L > 1 else words3.word_select(k, 8)
+        v4, side4 = Signal(name="v4"), Signal.like(side2, name="side4")
+        m.d.sync += [words3.eq(words2), v3.eq(v2), side3.eq(side2),
+                     words4.eq(words3), v4.eq(v3), side4.eq(side3)]
+        lane4 = side4[:len(lane1)]
+        valid, side = v4, side4
+        acts = Cat(words4.word_select(k, 8 * L).word_select(lane4, 8) if L > 1 else words4.word_select(k, 8)
                    for k in range(len(banks)))
-        for k in range(4, self.ISSUE_TO_WEIGHT + 1):
+        assert self.ISSUE_TO_WEIGHT >= 4, "the tile's bytes are ready from t + 4 on"
+        for k in range(5, self.ISSUE_TO_WEIGHT + 1):
             valid_k, side_k = Signal(name=f"v{k}"), Signal.like(side, name=f"side{k}")
             acts_k = Signal.like(acts, name=f"acts{k}")
             m.d.sync += [valid_k.eq(valid), side_k.eq(side), acts_k.eq(acts)]
@@ -463,7 +474,7 @@ class TileFeeder(wiring.Component):
             m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0), tile_first.eq(0),
                          a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
                          a_stale.eq(1),
-                         b_rslot.eq(0), a_rslot.eq(0), g.eq(0), ci.eq(0), in_tile.eq(0),
+                         b_rslot.eq(0), a_rslot.eq(0), pick_a.eq(0), g.eq(0), ci.eq(0), in_tile.eq(0),
                          self.beats.eq(0)]
         return m
 

@@ -17,15 +17,19 @@ from hw.output_stage import OutputStage, _clamp
 from sim.harness import run_cocotb
 
 STAGE = dict(lanes=4, max_channels=64, max_pool_pixels=4096, fifo_depth=32)
+#: the 85F's table depth (128 entries per lane), which goes into block RAM read through both ports
+#: (hw.dual_read), here on the DP16KD simulation model
+STAGE_BLOCK_RAM = dict(STAGE, max_channels=512, block_ram="model")
 
 
 @pytest.mark.sim
-def test_output_stage():
+@pytest.mark.parametrize("name, stage", [("l4", STAGE), ("l4_bram", STAGE_BLOCK_RAM)])
+def test_output_stage(name, stage):
     run_cocotb(
-        OutputStage(**STAGE),
+        OutputStage(**stage),
         test_module="tb_output_stage",
-        build_name="output_stage_l4",
-        env={"TB_STAGE": STAGE, "TB_CONFIGS": os.environ.get("SHIFTFPGA_TB_CONFIGS", "150")},
+        build_name=f"output_stage_{name}",
+        env={"TB_STAGE": stage, "TB_CONFIGS": os.environ.get("SHIFTFPGA_TB_CONFIGS", "150")},
     )
 
 
