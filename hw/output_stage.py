@@ -58,7 +58,7 @@ hundreds of loads on the path (docs/BUILD.md, t20). A table in block RAM is a
 own output registers. The table is read as the beat is accepted, the pool sum
 three stages before it is needed (behind two registers); three beats of the
 same channel group closer than the read-to-write distance take the sum from a
-bypass register instead. Accept-to-output latency: 19 cycles.
+bypass register instead. Accept-to-output latency: 20 cycles.
 
 The configuration ``cfg`` and the tables must only change while ``busy`` is
 low (no beat in flight).
@@ -201,8 +201,8 @@ class OutputStage(wiring.Component):
     """
 
     #: Cycles from an accepted beat to its word being written into the output FIFO
-    #: (the word is valid on ``o`` two cycles later: 19 cycles accept -> ``o.valid``).
-    LATENCY = 17
+    #: (the word is valid on ``o`` two cycles later: 20 cycles accept -> ``o.valid``).
+    LATENCY = 18
     #: delays of this many stages or more are rings in LUT RAM (see ``elaborate``'s ``delay``)
     LUTRAM_DELAY = 8
 
@@ -309,8 +309,9 @@ class OutputStage(wiring.Component):
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
 
-        # stage 0: the beat as accepted, while the table read is in flight; stage 1: the beat
-        # with its table entry (registered from the table's read data)
+        # stage 0: the beat as accepted, while the table read is in flight; stage 0b: the beat while
+        # the entry is in the table's output register; stage 1: the beat with its entry in a
+        # register of ours
         res_in = Signal(self._residual_layout)
         m.d.comb += res_in.eq(Mux(need_res, self.r.payload.as_value(), 0))
         beat = dict(v=accept, chan=ip.chan, mask=ip.mask, pf=ip.pool_first, pl=ip.pool_last, last=ip.last,
@@ -321,7 +322,7 @@ class OutputStage(wiring.Component):
             m.d.sync += [regs[k].eq(val) for k, val in src.items()]
             return regs
 
-        beat1 = register_beat(register_beat(beat, 0), 1)
+        beat1 = register_beat(register_beat(register_beat(beat, 0), "0b"), 1)
         v1, chan1, mask1, pf1, pl1, last1, alt1, acc1, res1 = beat1.values()
 
         # control, delayed alongside the datapath; stage numbers from here on count from stage 1,
@@ -353,6 +354,10 @@ class OutputStage(wiring.Component):
 
         pool_mode = Signal()
         m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
+        # the per-layer rounding constants, decoded into registers (cfg is static while beats are in
+        # flight, and a beat reaches their adders cycles after its acceptance)
+        res_half, pool_half = Signal(SHIFT_MAX), Signal(SHIFT_MAX)
+        m.d.sync += [res_half.eq(_half(cfg.res_s, SHIFT_MAX)), pool_half.eq(_half(cfg.pool_s, SHIFT_MAX))]
         # pool control. The sums are read in stage 6 (synchronously; the data pass two registers,
         # the first free to sit beside a block RAM, and are due in stage 9) and written back in
         # stage 9, so the three beats ahead of a beat (in stages 9, 10 and 11 while it is in stage
@@ -383,11 +388,12 @@ class OutputStage(wiring.Component):
         out_data = []
         for k in range(N):
             # ---- table (m, s, bias), banked by lane --------------------------
-            # read as the beat is accepted, its entry due in stage 1. In block RAM (the 85F's 128
-            # entries per lane) both ports of each block read, so that the entry comes from the
-            # blocks' own output registers (hw.dual_read; 85F t46's critical path ran from a table
-            # block RAM's late read data across the die into this stage); in LUT RAM the read data
-            # are registered here
+            # read as the beat is accepted, its entry due in stage 1, in a register the placer may
+            # put next to the bias adders and multipliers. In block RAM (the 85F's 128 entries per
+            # lane) both ports of each block read, so that the entry leaves the blocks through their
+            # own output registers (hw.dual_read; 85F t46's critical path ran from a table block
+            # RAM's late read data across the die into `entry`); in LUT RAM the read data are
+            # registered twice
             entry_bits = Value.cast(self.tbl.payload.entry).shape().width
             tbl_write = self.tbl.valid & ((self.tbl.payload.chan & (N - 1)) == k)
             ent = Signal(TableEntry, name=f"entry{k}")              # valid in stage 1
@@ -400,8 +406,8 @@ class OutputStage(wiring.Component):
                     tmem.write.en.eq(tbl_write),
                     tmem.read.addr.eq(ip.chan >> lg),
                     tmem.read.en.eq(1),
-                    ent.eq(tmem.read.data),
                 ]
+                m.d.sync += ent.eq(tmem.read.data)
             else:
                 tmem = Memory(shape=TableEntry, depth=depth, init=[])
                 m.submodules[f"table{k}"] = tmem
@@ -412,7 +418,8 @@ class OutputStage(wiring.Component):
                     twr.en.eq(tbl_write),
                     trd.addr.eq(ip.chan >> lg),
                 ]
-                m.d.sync += ent.eq(trd.data)
+                ent_0b = Signal(TableEntry, name=f"entry{k}_0b")
+                m.d.sync += [ent_0b.eq(trd.data), ent.eq(ent_0b)]
 
             # ---- stage 1: acc + bias, start of the multiplies ----------------
             vsum = Signal(signed(ACC_BITS + 1), name=f"vsum{k}")
@@ -422,7 +429,12 @@ class OutputStage(wiring.Component):
             mul = WideMultiplier(ACC_BITS + 1, MULT_BITS + 1)
             m.submodules[f"mul_q{k}"] = mul
             m.d.comb += [mul.a.eq(vsum), mul.b.eq(Cat(ent.m, Const(0, 1)).as_signed())]
-            s4 = delay(ent.s, WideMultiplier.LATENCY, f"s{k}")
+            s3 = delay(ent.s, WideMultiplier.LATENCY - 1, f"s{k}")
+            s4 = delay(s3, 1, f"s{k}_4")
+            # the rounding constant decoded from the shift a stage ahead of its adder (the decode
+            # in front of the ~50-bit carry chain led the t48 netlist's ranking of this stage)
+            half4 = Signal(SHIFT_MAX, name=f"half{k}_4")
+            m.d.sync += half4.eq(_half(s3, SHIFT_MAX))
 
             rmul = Multiplier(ACT_OUT_SHAPE.width, MULT_BITS + 1)
             m.submodules[f"mul_r{k}"] = rmul
@@ -434,8 +446,8 @@ class OutputStage(wiring.Component):
             r5 = Signal(signed(rmul.p.shape().width + 1), name=f"r{k}_rounded")
             s5 = Signal.like(s4, name=f"s{k}_5")
             m.d.sync += [
-                q5.eq(mul.p + _half(s4, SHIFT_MAX)),
-                r5.eq(rp4 + _half(cfg.res_s, SHIFT_MAX)),
+                q5.eq(mul.p + half4),
+                r5.eq(rp4 + res_half),
                 s5.eq(s4),
             ]
             # ---- stage 5: shifts ----------------------------------------------
@@ -474,7 +486,7 @@ class OutputStage(wiring.Component):
             ]
             m.d.sync += [psum11.eq(psum10), psum12.eq(psum11)]
             # stage 10: the sum, registered (the route into the DSP); 13: product;
-            # 14: rounding constant; 15: shift; 16: clamp, exit
+            # 14: rounding constant; 15: shift; 16: clamp; then registers up to the exit
             m.d.sync += psum10.eq(psum)
             pmul = WideMultiplier(self._pool_bits, MULT_BITS + 1)
             m.submodules[f"mul_p{k}"] = pmul
@@ -483,16 +495,17 @@ class OutputStage(wiring.Component):
             pq13 = Signal.like(pq12, name=f"p{k}_shifted")
             pq14 = Signal(ACT_OUT_SHAPE, name=f"p{k}_clamped")
             m.d.sync += [
-                pq12.eq(pmul.p + _half(cfg.pool_s, SHIFT_MAX)),
+                pq12.eq(pmul.p + pool_half),
                 pq13.eq(pq12 >> cfg.pool_s),
                 pq14.eq(_clamp(pq13, cfg.pool_lo, cfg.pool_hi)),
             ]
+            pool_x = delay(pq14, EXIT - 16, f"pool{k}")
             word = Signal(signed(ACC_BITS), name=f"out{k}")
             with m.Switch(cfg.mode):
                 with m.Case(Mode.RAW):
                     m.d.comb += word.eq(raw_x)
                 with m.Case(Mode.POOL):
-                    m.d.comb += word.eq(Mux(alt_x, y_x, pq14))
+                    m.d.comb += word.eq(Mux(alt_x, y_x, pool_x))
                 with m.Default():
                     m.d.comb += word.eq(y_x)
             out_data.append(word)

@@ -17,7 +17,7 @@ How it works
   addresses: pixel ``q``, beat ``t`` lives at word ``(q mod P) * B + t`` of every
   bank, ``B = ceil(C_in / L)`` beats per pixel, ``P`` the ring size in pixels.
   The ring is linear in raster order, so its size trades width against channels
-  at run time: any layer fits whose window ``2 * (r*W + d) + 3`` pixels (``r``,
+  at run time: any layer fits whose window ``2 * (r*W + d) + 4`` pixels (``r``,
   ``d`` the largest ``|dy|``, ``|dx|`` of the table) times ``B`` fits ``depth``.
 * **Slot schedule.** Each bank has one read port, so an output beat (L output
   channels) can read L words per cycle only if no two of its channels need
@@ -38,22 +38,25 @@ How it works
   slots instead of 18).
 * **Flow control** in whole pixels: output pixel ``p`` starts once input pixel
   ``min(p + reach, N-1)`` is complete (``reach = r*W + d``); input pixel ``q`` is
-  accepted only while ``q < max(p - reach, 0) + P - 2``, so it never overwrites a
-  word that is still to be read (two pixels of margin keep reads and writes of
-  the same word out of the same cycle, so no read-during-write behaviour of
-  the block RAM is relied upon).
-* **Pipeline:** issue (schedule read) -> schedule word register -> bank
-  address + bounds check (bank read) -> bank word register -> lane select /
-  zero fill into the output register. Block RAM outputs go straight into
-  registers; every stage has at most one carry chain. All stages stall together on output back-pressure
-  (``run = ~o.valid | o.ready``).
+  accepted only while ``q < max(p - reach, 0) + P - 3``, so it never overwrites a
+  word that is still to be read (three pixels of margin: up to three slots are
+  between their issue and their bank read, and no read-during-write behaviour
+  of the block RAM is relied upon).
+* **Pipeline:** issue (schedule read) -> schedule word in the memory's output
+  register -> schedule word register -> bank address + bounds check (bank
+  read) -> bank word register -> lane select / zero fill into the output
+  register. Block RAM outputs go straight into registers (the schedule's
+  through the block's own output register, then one the placer may put near
+  the banks); every stage has at most one carry chain. All stages stall
+  together on output back-pressure (``run = ~o.valid | o.ready``).
 
 Latency and throughput
 ----------------------
-``o.valid`` of the first beat of output pixel ``p`` rises 6 cycles after the
+``o.valid`` of the first beat of output pixel ``p`` rises 7 cycles after the
 cycle in which the last beat of input pixel ``min(p + reach, N-1)`` was accepted
-(pixel count, schedule read, schedule register, bank read, bank register,
-output register); so a frame's first output beat comes ``(reach + 1) * B + 6``
+(pixel count, schedule read, schedule output register, schedule register, bank
+read, bank register, output register); so a frame's first output beat comes
+``(reach + 1) * B + 7``
 cycles after its first input beat at full input rate. Steady state: one slot
 per cycle, i.e.
 one output beat per cycle for conflict-free tables (measured in
@@ -65,7 +68,7 @@ once the last slot of the current frame was issued and the pipeline drained
 Memory use
 ----------
 * ring: L banks x ``depth`` words x ``bits`` (default depth:
-  ``max((2R+1) * W_max, 2R * W_max + 2R + 3) * ceil(C_in_max / L)``, R = ``radius``),
+  ``max((2R+1) * W_max, 2R * W_max + 2R + 4) * ceil(C_in_max / L)``, R = ``radius``),
   i.e. about ``(2R+1) * W_max * C_in_max`` bytes in total; on ECP5 each bank
   maps to ``ceil(depth / 2048)`` EBRs at 8 bits (9-bit wide 18 Kbit blocks),
   ``DP16KD`` primitives whose own output register is the pipeline's stage 3
@@ -95,7 +98,6 @@ from dataclasses import dataclass
 
 from amaranth import Array, Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
@@ -305,7 +307,7 @@ class ShiftUnit(wiring.Component):
             raise ValueError(f"radius must be a non-negative integer, not {radius!r}")
         in_beats = math.ceil(max_cin / lanes)
         if depth is None:
-            depth = max((2 * radius + 1) * max_width, 2 * radius * max_width + 2 * radius + 3) * in_beats
+            depth = max((2 * radius + 1) * max_width, 2 * radius * max_width + 2 * radius + 4) * in_beats
         if not isinstance(depth, int) or depth < 2 * in_beats:
             raise ValueError(f"depth must be an integer of at least 2 pixels ({2 * in_beats} words), not {depth!r}")
         if max_slots is None:
@@ -377,8 +379,8 @@ class ShiftUnit(wiring.Component):
     @staticmethod
     def ring_pixels_needed(reach: int) -> int:
         """Smallest legal ring (pixels) for a table of ``reach = r*W + d``: the window
-        ``2 * reach + 1`` plus the two pixels of write margin of the flow control."""
-        return 2 * reach + 3
+        ``2 * reach + 1`` plus the three pixels of write margin of the flow control."""
+        return 2 * reach + 4
 
     def program(self, table, *, width: int, height: int, c_in: int, ring_pixels: int | None = None) -> ShiftProgram:
         """Compile a ``[C_out, 3]`` table of ``(src, dy, dx)`` rows for a ``height x width x c_in`` input.
@@ -390,7 +392,7 @@ class ShiftUnit(wiring.Component):
             Input image size and channels.
         ring_pixels : int, optional
             Ring size in pixels; default the largest that fits ``depth``. Smaller
-            values are legal down to ``2 * reach + 3`` (tests use them to
+            values are legal down to ``2 * reach + 4`` (tests use them to
             exercise the ring wrap and the flow control).
 
         Raises
@@ -425,7 +427,7 @@ class ShiftUnit(wiring.Component):
         if ring_pixels < self.ring_pixels_needed(reach):
             raise ValueError(
                 f"layer does not fit: the shift window needs a ring of {self.ring_pixels_needed(reach)} pixels "
-                f"(2 * ({r}*{width} + {d}) + 3) but only {ring_pixels} are available "
+                f"(2 * ({r}*{width} + {d}) + 4) but only {ring_pixels} are available "
                 f"({self.depth} words / {in_beats} beats per pixel)")
         slots = plan_slots(rows, self.lanes, c_in)
         if len(slots) > self.max_slots:
@@ -464,20 +466,24 @@ class ShiftUnit(wiring.Component):
         abits = self._addr_bits
 
         # Schedule RAM (written through `tab`) and the L ring banks. The schedule word is read at the
-        # issue and registered (stage 2, `entry`) with the pipeline's advance. In block RAM both ports
-        # of each block read and the register is the blocks' own (hw.dual_read: 45F t28's critical
-        # path ran from the schedule's block RAM into `entry`); writes come only while idle.
+        # issue (stage 0), passes the memory's output register (stage 1; in block RAM the blocks'
+        # own, with both ports of each block reading, hw.dual_read) and a register of ours (stage 2,
+        # `entry`), all with the pipeline's advance. 45F t28's critical path ran from the schedule's
+        # block RAM (without output register) into `entry`; with the block's register as `entry`
+        # (45F t29) it ran from there through the address adders to a bank across the die. Writes
+        # come only while the unit is idle.
         entry = Signal(self.slot_layout)
         slot_bits = self.slot_layout.size
-        sched_in_blocks = self.max_slots <= MAX_DEPTH and inferred_blocks(slot_bits, self.max_slots) > 0
-        if sched_in_blocks:
-            sched = DualReadMemory(width=slot_bits, depth=self.max_slots, name="sched", block_ram=self.block_ram,
-                                   registers_follow_en=True)
+        if self.max_slots <= MAX_DEPTH:
+            in_blocks = inferred_blocks(slot_bits, self.max_slots) > 0
+            sched = DualReadMemory(width=slot_bits, depth=self.max_slots, name="sched", registers_follow_en=True,
+                                   block_ram=self.block_ram if in_blocks else "inferred")
             tab_wr, sched_rd = sched.write, sched.read
-            m.d.comb += entry.eq(sched_rd.data)
         else:
-            sched = Memory(shape=slot_bits, depth=self.max_slots, init=[])
-            tab_wr, sched_rd = sched.write_port(), sched.read_port(transparent_for=())
+            sched = SlicedMemory(width=slot_bits, depth=self.max_slots, name="sched", output_registers=1,
+                                 slice_bits=18, registers_follow_en=True, block_ram=self.block_ram)
+            tab_wr, sched_rd = sched.write, sched.reads[0]
+        assert sched.read_latency == 2
         m.submodules.sched = sched
         m.d.comb += [
             self.tab.ready.eq(1),
@@ -517,27 +523,31 @@ class ShiftUnit(wiring.Component):
         out_done = Signal()                  # every slot of the frame issued
 
         # Input pixel q = in_done may overwrite ring pixel q - P only if no output from
-        # out_pix on can still read it. Reads happen up to 2 cycles after their issue
-        # and out_pix advances at most one pixel per cycle, so with a margin of 2
-        # pixels, q < max(out_pix - reach, 0) + P - 2, a word is never read and
-        # written in the same cycle. Without a subtraction on the path that is
-        # (q < P - 2) | (lead < P - 2 - reach), with both limits registered from cfg
+        # out_pix on can still read it. At most three issued slots wait for their bank
+        # read (stages 0-2, however long the pipeline stalls), of pixels out_pix - 3 or
+        # later, so with a margin of 3 pixels, q < max(out_pix - reach, 0) + P - 3, every
+        # read of the overwritten word is done (and the write comes a cycle after the
+        # input beat). Without a subtraction on the path that is
+        # (q < P - 3) | (lead < P - 3 - reach), with both limits registered from cfg
         # (so i.ready is one comparison of registers, not two carry chains: the 45F's
         # critical path in t12). They lag cfg by a cycle: hence the rule that input
         # may come only from the cycle after cfg changes. Both are negative for the
         # all-zero cfg, which so admits nothing.
         lim_shape = signed(max(len(cfg.ring_pixels), len(cfg.reach)) + 2)
-        room_lim = Signal(lim_shape)         # P - 2
-        lead_lim = Signal(lim_shape)         # P - 2 - reach
-        m.d.sync += [room_lim.eq(cfg.ring_pixels - 2), lead_lim.eq(cfg.ring_pixels - 2 - cfg.reach)]
-        # the last beat, ring word and slot, registered from cfg under the same rule, so that the
-        # counters' end tests are equalities of registers (the 85F's deepest shift-unit path ran
-        # from the slot counter through `slot + 1 == cfg.slots` into `lead`)
+        room_lim = Signal(lim_shape)         # P - 3
+        lead_lim = Signal(lim_shape)         # P - 3 - reach
+        m.d.sync += [room_lim.eq(cfg.ring_pixels - 3), lead_lim.eq(cfg.ring_pixels - 3 - cfg.reach)]
+        # the last beat, ring word, slot, column and output pixel, registered from cfg under the same
+        # rule, so that the counters' end tests are equalities of registers (the 85F's deepest
+        # shift-unit paths ran from the slot counter through `slot + 1 == cfg.slots` into `lead`,
+        # then, in t48's netlist, from out_pix through `out_pix + 1 == cfg.pixels`)
         last_beat = Signal.like(in_beat)
         last_word = Signal(abits)
         last_slot = Signal.like(slot)
+        last_ox = Signal.like(ox)
+        last_out_pix = Signal.like(out_pix)
         m.d.sync += [last_beat.eq(cfg.in_beats - 1), last_word.eq(cfg.ring_words - 1),
-                     last_slot.eq(cfg.slots - 1)]
+                     last_slot.eq(cfg.slots - 1), last_ox.eq(cfg.width - 1), last_out_pix.eq(cfg.pixels - 1)]
         frame_in = in_done == cfg.pixels
         # i.ready is a register, computed for the next cycle: exact for in_done (its increment is
         # known from this cycle's accepted beat), conservative for lead (a decrement by an output
@@ -595,11 +605,11 @@ class ShiftUnit(wiring.Component):
                     out_pix.eq(out_pix + 1),
                     pbase.eq(Mux(next_base >= cfg.ring_words, next_base - cfg.ring_words, next_base)),
                 ]
-                with m.If(ox + 1 == cfg.width):
+                with m.If(ox == last_ox):
                     m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
                 with m.Else():
                     m.d.sync += ox.eq(ox + 1)
-                with m.If(out_pix + 1 == cfg.pixels):
+                with m.If(out_pix == last_out_pix):
                     m.d.sync += out_done.eq(1)
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
@@ -618,8 +628,8 @@ class ShiftUnit(wiring.Component):
             "top": signed(oy.shape().width + 1), "bottom": signed(oy.shape().width + 2),
             "left": signed(ox.shape().width + 1), "right": signed(ox.shape().width + 2),
         })
-        pix1, pix2 = Signal(pix), Signal(pix)
-        v1, v2, v3 = Signal(), Signal(), Signal()
+        pix1, pix1b, pix2 = Signal(pix), Signal(pix), Signal(pix)
+        v1, v1b, v2, v3 = Signal(), Signal(), Signal(), Signal()
 
         # ---- stage 1: schedule word being read; pixel values registered -----------
         with m.If(run):
@@ -630,9 +640,13 @@ class ShiftUnit(wiring.Component):
                 pix1.left.eq(-ox), pix1.right.eq(cfg.width - ox),
             ]
 
-        # End of frame: every slot issued and the last bank read done (stages 1 and
+        # ---- stage 1b: schedule word in the memory's output register ---------------
+        with m.If(run):
+            m.d.sync += [v1b.eq(v1), pix1b.eq(pix1)]
+
+        # End of frame: every slot issued and the last bank read done (stages 1, 1b and
         # 2 empty); restart both sides at ring word 0 with the current cfg.
-        with m.If(out_done & ~v1 & ~v2):
+        with m.If(out_done & ~v1 & ~v1b & ~v2):
             m.d.sync += [
                 out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
                 in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0), in_done_p1.eq(1), lead_p1.eq(1),
@@ -641,9 +655,7 @@ class ShiftUnit(wiring.Component):
 
         # ---- stage 2: registered schedule word -> bank addresses, bounds checks -----
         with m.If(run):
-            m.d.sync += [v2.eq(v1), pix2.eq(pix1)]
-            if not sched_in_blocks:
-                m.d.sync += entry.eq(sched_rd.data)
+            m.d.sync += [v2.eq(v1b), pix2.eq(pix1b), entry.eq(sched_rd.data)]
         inside3 = Signal(L)
         lane3 = Signal(self.slot_layout["lane"].shape)
         last3 = Signal()
@@ -681,6 +693,6 @@ class ShiftUnit(wiring.Component):
                 m.d.sync += self.o.valid.eq(1)
 
         m.d.comb += self.busy.eq((in_done != 0) | (in_beat != 0) | (out_pix != 0) | (slot != 0)
-                                 | out_done | v1 | v2 | v3 | v4 | self.o.valid)
+                                 | out_done | v1 | v1b | v2 | v3 | v4 | self.o.valid)
         return m
 

@@ -247,7 +247,9 @@ class TileFeeder(wiring.Component):
         # so the cycle after that (and after start) waits for the compare to catch up.
         a_room_ok = Signal()
         a_stale = Signal(init=1)
-        m.d.sync += [a_room_ok.eq(a_kept + P <= self.a_room_end), a_stale.eq(0)]
+        # (a_kept + P is a counter of its own, so the compare is the only carry chain on the path)
+        a_kept_end = Signal(len(a_kept) + bits_for(P), init=P)
+        m.d.sync += [a_room_ok.eq(a_kept_end <= self.a_room_end), a_stale.eq(0)]
         m.d.comb += [
             b_free.eq(~full.bit_select(wslot, 1)),
             a_tile_start.eq((a_wp == 0) & (a_b == 0)),
@@ -298,7 +300,7 @@ class TileFeeder(wiring.Component):
         with m.If(a_take):
             m.d.sync += a_b.eq(Mux(a_pixel_end, 0, a_b + 1))
         with m.If(a_pixel_end):
-            m.d.sync += a_kept.eq(a_kept + 1)
+            m.d.sync += [a_kept.eq(a_kept + 1), a_kept_end.eq(a_kept_end + 1)]
             with m.If((a_wp == P - 1) | (a_kept == a_last_kept)):
                 m.d.sync += [
                     a_stale.eq(1),
@@ -472,7 +474,7 @@ class TileFeeder(wiring.Component):
         # pipeline and the output FIFO are empty, since the last layer's beats were all consumed)
         with m.If(self.start):
             m.d.sync += [full.eq(0), wslot.eq(0), wp.eq(0), b.eq(0), x.eq(0), y.eq(0), kept.eq(0), tile_first.eq(0),
-                         a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_ring.eq(0), a_turn.eq(0),
+                         a_wslot.eq(0), a_wp.eq(0), a_b.eq(0), a_kept.eq(0), a_kept_end.eq(P), a_ring.eq(0), a_turn.eq(0),
                          a_stale.eq(1),
                          b_rslot.eq(0), a_rslot.eq(0), pick_a.eq(0), g.eq(0), ci.eq(0), in_tile.eq(0),
                          self.beats.eq(0)]
