@@ -370,7 +370,7 @@ def build(args) -> int:
         cmd = [tools["nextpnr-ecp5"], board.nextpnr_device, "--package", board.package, "--speed", speed,
                "--json", "top.json", "--lpf", "top.lpf", "--textcfg", r.config_path.name,
                "--report", r.report_path.name, "--seed", str(seed), "--threads", str(args.threads),
-               "--placer", args.placer, "--router", args.router, "--timing-allow-fail"]
+               "--placer", args.placer, "--router", args.router, "--timing-allow-fail", "--detailed-timing-report"]
         _progress(f"place and route (nextpnr-ecp5 {board.nextpnr_device}, seed {seed}) ...")
         r.seconds = _run(cmd, out, r.log_path, f"nextpnr seed {seed}")
         try:
@@ -410,6 +410,10 @@ def build(args) -> int:
         cp_steps = []
     target = float(pll.f_out)
     timing_met = eng is not None and eng.achieved >= target and all(d["met"] for d in domains.values())
+    try:   # likewise informative
+        late = rep.late_endpoints(eng.net) if eng else []
+    except ReportError:
+        late = []
     report = {
         "schema": REPORT_SCHEMA,
         "command": "python -m hw.build " + shlex.join(args.argv),
@@ -433,6 +437,7 @@ def build(args) -> int:
         "best_seed": best.seed,
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "critical_path": _critical_path_json(cp_steps),
+        "late_endpoints": _late_endpoints_json(late, target),
         "files": {"bitstream": "top.bit", "nextpnr_report": "nextpnr.json",
                   "nextpnr_log": best.log_path.name, "yosys_log": "yosys.log"},
     }
@@ -445,6 +450,18 @@ def build(args) -> int:
         if rc != 0:
             raise ToolFailed(f"openFPGALoader failed (exit {rc}); is the board connected (libusb-1.0)?")
     return 0 if timing_met else 1
+
+
+def _late_endpoints_json(late, target_mhz, top=30):
+    """How many engine-clock endpoints see their value later than the clock period (setup not counted),
+    and the ``top`` latest: the paths behind the critical one."""
+    if not late:
+        return None
+    period = 1000.0 / target_mhz
+    return {"period_ns": round(period, 3), "over_period": sum(e.arrival_ns > period for e in late),
+            "endpoints": len(late),
+            "latest": [{"ns": round(e.arrival_ns, 3), "cell": e.cell, "port": e.port, "net": e.net}
+                       for e in late[:top]]}
 
 
 def _critical_path_json(steps):
@@ -484,6 +501,11 @@ def _summary(report, out):
         for r in cp["longest_routes"][:1]:
             lines.append(f"              longest route {r['ns']:.2f} ns: {r['net']} {tuple(r['from_loc'])} -> "
                          f"{tuple(r['to_loc'])}" + (f" [{r['source']}]" if r["source"] else ""))
+    le = report.get("late_endpoints")
+    if le:
+        lines.append(f"   late       {le['over_period']} of {le['endpoints']} endpoints see their value after "
+                     f"{le['period_ns']:.2f} ns (setup not counted); the latest: "
+                     + ", ".join(f"{e['cell']}.{e['port']} {e['ns']:.2f}" for e in le["latest"][:3]))
     lines.append(f"   bitstream  {out / report['files']['bitstream']}   report {out / 'report.json'}")
     target = report["clock"]["target_mhz"]
     if report["timing_met"]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ClockFmax", "Utilization", "PnrReport", "PathStep", "parse_report", "load_report",
-           "format_critical_path", "summarize_critical_path", "RESOURCE_NAMES", "ReportError"]
+           "format_critical_path", "summarize_critical_path", "RESOURCE_NAMES", "ReportError", "EndpointArrival"]
 
 _REPO_ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 
@@ -75,11 +75,15 @@ class PnrReport:
         By nextpnr bel type (``TRELLIS_COMB``, ``MULT18X18D``...).
     critical_paths : list
         As nextpnr wrote them.
+    net_timings : list
+        ``detailed_net_timings`` as nextpnr wrote them (``--detailed-timing-report``; empty
+        without): per net, the arrival time of its value at every timing endpoint it drives.
     """
 
     fmax: dict
     utilization: dict
     critical_paths: list = field(default_factory=list)
+    net_timings: list = field(default_factory=list)
 
     def resource(self, name: str) -> Utilization:
         """Use of a resource by our name (``LUT4``) or nextpnr's (``TRELLIS_COMB``); zero if absent."""
@@ -106,10 +110,43 @@ class PnrReport:
                     raise ReportError(f"malformed critical path in nextpnr report: {e!r}") from None
         return []
 
+    def late_endpoints(self, clock_net: str, *, top: int | None = None) -> list:
+        """The timing endpoints captured by ``clock_net`` launched from it, latest arrival first.
+
+        A list of :class:`EndpointArrival`. nextpnr's report names one critical path per clock; the
+        endpoints' arrival times (clock-to-out, logic and routing, no setup) show how many more
+        paths are nearly as slow, and where they end. Empty without ``detailed_net_timings``.
+        """
+        event = f"posedge {clock_net}"
+        out = []
+        try:
+            for nt in self.net_timings:
+                if nt.get("event") != event:
+                    continue
+                for ep in nt.get("endpoints", ()):
+                    if ep.get("event") == event:
+                        out.append(EndpointArrival(float(ep["delay"]), str(ep["cell"]), str(ep["port"]),
+                                                   str(nt.get("net", "")), str(nt.get("driver", ""))))
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ReportError(f"malformed detailed_net_timings in nextpnr report: {e!r}") from None
+        out.sort(key=lambda e: -e.arrival_ns)
+        return out if top is None else out[:top]
+
     def clock(self, *, exclude=()) -> ClockFmax | None:
         """The constrained clock with the lowest achieved frequency, skipping nets in ``exclude``."""
         cands = [c for n, c in self.fmax.items() if n not in exclude]
         return min(cands, key=lambda c: c.achieved) if cands else None
+
+
+@dataclass(frozen=True)
+class EndpointArrival:
+    """When the latest value reaches a timing endpoint (a flip-flop's or block's input pin)."""
+
+    arrival_ns: float
+    cell: str
+    port: str
+    net: str
+    driver: str
 
 
 @dataclass(frozen=True)
@@ -181,7 +218,11 @@ def parse_report(obj: dict) -> PnrReport:
                 for k, v in obj["fmax"].items()}
     except (KeyError, TypeError, ValueError) as e:
         raise ReportError(f"malformed nextpnr report entry: {e!r}") from None
-    return PnrReport(fmax=fmax, utilization=util, critical_paths=list(obj.get("critical_paths", [])))
+    timings = obj.get("detailed_net_timings", [])
+    if not isinstance(timings, list):
+        raise ReportError("nextpnr report's detailed_net_timings is not a list")
+    return PnrReport(fmax=fmax, utilization=util, critical_paths=list(obj.get("critical_paths", [])),
+                     net_timings=timings)
 
 
 def load_report(path) -> PnrReport:
@@ -203,10 +244,14 @@ def main(argv=None) -> int:
                                              "nextpnr-ecp5 --report JSON file (build/<board>/nextpnr.json).")
     ap.add_argument("report", help="nextpnr's report (e.g. build/ulx3s/nextpnr.json)")
     ap.add_argument("--all", action="store_true", help="list every step of each path, not only the longest routes")
+    ap.add_argument("--endpoints", type=int, default=0, metavar="N",
+                    help="also list the N timing endpoints of each clock with the latest arrival (needs a report "
+                         "written with --detailed-timing-report, as python -m hw.build does)")
     args = ap.parse_args(argv)
     try:
         rep = load_report(args.report)
         paths = {net: rep.critical_path(net) for net in rep.fmax}
+        late = {net: rep.late_endpoints(net, top=args.endpoints) for net in rep.fmax} if args.endpoints else {}
     except (OSError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -221,6 +266,11 @@ def main(argv=None) -> int:
         else:
             for line in format_critical_path(steps):
                 print("  " + line)
+        if args.endpoints:
+            if not rep.net_timings:
+                print("  endpoints: none in the report (nextpnr ran without --detailed-timing-report)")
+            for e in late.get(net, []):
+                print(f"  {e.arrival_ns:6.2f} ns  {e.cell}.{e.port}  (net {e.net})")
     return 0
 
 

@@ -340,6 +340,39 @@ def test_critical_path_steps():
         bad.critical_path("clk")
 
 
+def test_late_endpoints_from_detailed_net_timings(tmp_path):
+    """--detailed-timing-report data: the clock's own endpoints, latest arrival first; the CLI lists them."""
+    timings = [
+        {"net": "n1", "driver": "lut1", "port": "Z", "event": "posedge clk",
+         "endpoints": [{"cell": "ff_a", "port": "DI", "event": "posedge clk", "delay": 7.5},
+                       {"cell": "ff_b", "port": "CE", "event": "posedge clk", "delay": 9.25},
+                       {"cell": "ff_x", "port": "DI", "event": "posedge other", "delay": 20.0}]},
+        {"net": "n2", "driver": "ff_c", "port": "Q", "event": "posedge clk",
+         "endpoints": [{"cell": "ram", "port": "ADB5", "event": "posedge clk", "delay": 8.0}]},
+        {"net": "n3", "driver": "io", "port": "O", "event": "async",
+         "endpoints": [{"cell": "ff_d", "port": "M", "event": "posedge clk", "delay": 30.0}]},
+    ]
+    obj = {"utilization": {}, "fmax": {"clk": {"achieved": 100.0, "constraint": 100.0}},
+           "detailed_net_timings": timings}
+    rep = parse_report(obj)
+    late = rep.late_endpoints("clk")
+    assert [(e.cell, e.port, e.arrival_ns) for e in late] == [("ff_b", "CE", 9.25), ("ram", "ADB5", 8.0),
+                                                             ("ff_a", "DI", 7.5)]
+    assert late[0].net == "n1" and late[0].driver == "lut1"
+    assert [e.cell for e in rep.late_endpoints("clk", top=1)] == ["ff_b"]
+    assert parse_report({"utilization": {}, "fmax": {}}).late_endpoints("clk") == []
+    with pytest.raises(ReportError, match="detailed_net_timings"):
+        parse_report({**obj, "detailed_net_timings": [{"event": "posedge clk", "endpoints": [{"cell": "a", "event": "posedge clk"}]}]}
+                     ).late_endpoints("clk")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(obj))
+    r = subprocess.run([sys.executable, "-m", "hw.reports", str(path), "--endpoints", "2"], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    listed = [line.split() for line in r.stdout.splitlines() if " ns  " in line]
+    assert [(f[0], f[2]) for f in listed] == [("9.25", "ff_b.CE"), ("8.00", "ram.ADB5")]
+
+
 def test_reports_cli_bad_file(tmp_path):
     """python -m hw.reports: a missing or malformed report is one error line and exit 2."""
     bad = tmp_path / "r.json"
