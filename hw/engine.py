@@ -201,7 +201,18 @@ class Engine(wiring.Component):
         table = SlicedMemory(width=TableEntry.size, depth=p.table_words, read_ports=1, name="table",
                              output_registers=1, slice_bits=18, block_ram=self.block_ram)
         logits = Memory(shape=32 * L, depth=p.logit_words, init=[])
-        counters = Memory(shape=32, depth=2 * p.max_layers, init=[])
+        # the layer counters: read only by the host, through both ports of their block behind its output
+        # registers (hw.dual_read): 45F t30's critical path ran from the inferred block RAM (no output
+        # register) 3.3 ns across the die to the first of two registers behind it. A counter write
+        # (two cycles per layer) takes the ports; the host's read is repeated every cycle of its
+        # six, so it still returns the word
+        if 2 * p.max_layers <= MAX_DEPTH:
+            counters = DualReadMemory(width=32, depth=2 * p.max_layers, name="counters", block_ram=self.block_ram)
+            c_wr, c_rd = counters.write, counters.read
+        else:
+            counters = SlicedMemory(width=32, depth=2 * p.max_layers, name="counters", output_registers=1,
+                                    slice_bits=16, block_ram=self.block_ram)
+            c_wr, c_rd = counters.write, counters.reads[0]
         for name, mem in (("act", act), ("weight", weight), ("desc_mem", desc_mem), ("sched", sched),
                           ("table", table), ("logits", logits), ("counters", counters)):
             m.submodules[name] = mem
@@ -210,7 +221,6 @@ class Engine(wiring.Component):
         d_wr, (d_rd,) = desc_mem.write, desc_mem.reads
         t_wr, (t_rd,) = table.write, table.reads
         l_wr, l_rd = logits.write_port(), logits.read_port(transparent_for=())
-        c_wr, c_rd = counters.write_port(), counters.read_port(transparent_for=())
 
         running = Signal()
         done = Signal()
@@ -556,7 +566,7 @@ class Engine(wiring.Component):
             Region.SCHED: (shift.slot_layout.size, s_wr, s_rd, sched_latency),
             Region.TABLE: (TableEntry.size, t_wr, t_rd, table.read_latency),
             Region.LOGITS: (32 * L, l_wr, l_rd, 1),
-            Region.COUNTERS: (32, None, c_rd, 1),
+            Region.COUNTERS: (32, None, c_rd, counters.read_latency),
         }
         max_parts = max(parts_for(w) for w, *_ in regions.values())
         staging = Signal(32 * max_parts)
