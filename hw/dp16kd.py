@@ -38,20 +38,24 @@ from __future__ import annotations
 from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
-__all__ = ["DP16KD_BITS", "DATA_WIDTH", "SHAPE_WORDS", "words_per_block", "blocks_deep", "dp16kd_ports",
+__all__ = ["DP16KD_BITS", "DATA_WIDTH", "SHAPE_WORDS", "PDP_WORDS", "words_per_block", "blocks_deep", "dp16kd_ports",
            "DP16KDModel", "ebr_count", "inferred_blocks"]
 
 #: bits of one block (the 9- and 18-bit shapes add a parity bit per byte, unused here)
 DP16KD_BITS = 16384
 
 #: the block's ``DATA_WIDTH`` for each slice width it stores: 8- and 16-bit slices use the
-#: 9- and 18-bit shapes, leaving their parity bits unused; 9- and 18-bit slices use them all
-DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 9: 9, 16: 18, 18: 18}
+#: 9- and 18-bit shapes, leaving their parity bits unused; 9- and 18-bit slices use them all.
+#: 36 is the simple-dual-port shape (512 x 36: port A writes 36 bits, port B reads them), which
+#: only a slice width of 36 asks for (never chosen by hw.sliced_memory.slice_bits_for)
+DATA_WIDTH = {1: 1, 2: 2, 4: 4, 8: 9, 9: 9, 16: 18, 18: 18, 36: 36}
 
 #: address pins below the word address in each shape (the word address sits in AD13..ADn)
-_ADDR_LSB = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4}
+_ADDR_LSB = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4, 36: 5}
 #: words of each true-dual-port shape (``DATA_WIDTH``: words)
 SHAPE_WORDS = {1: 16384, 2: 8192, 4: 4096, 9: 2048, 18: 1024}
+#: words of the 36-bit simple-dual-port shape
+PDP_WORDS = 512
 
 
 #: the block shapes of an inferred memory with one write and one read port: the 512 x 36
@@ -81,6 +85,8 @@ def inferred_blocks(width: int, depth: int) -> int:
 def words_per_block(bits: int) -> int:
     """Words of ``bits`` bits one block holds (16384 / ``bits``; 2048 of 9 bits, 1024 of 18; 512 of
     32 bits, the simple-dual-port shape that inferred memories may use)."""
+    if bits == 36:
+        return PDP_WORDS
     return SHAPE_WORDS[DATA_WIDTH[bits]] if bits in DATA_WIDTH else DP16KD_BITS // bits
 
 
@@ -93,23 +99,32 @@ def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
                  output_register: bool = True, r_out_en=None, domain: str = "sync") -> dict:
     """Keyword arguments for ``Instance("DP16KD", **kw)`` (or :class:`DP16KDModel`).
 
-    ``w_addr``/``r_addr`` are word addresses (up to ``16384 / bits`` words), ``w_data``
-    and ``r_data`` ``bits`` wide (``r_data`` is driven by the block). ``r_out_en`` enables
-    the output register (``OCEB``; always when None).
+    ``w_addr``/``r_addr`` are word addresses (up to ``16384 / bits`` words; 512 for 36 bits),
+    ``w_data`` and ``r_data`` ``bits`` wide (``r_data`` is driven by the block). ``r_out_en``
+    enables the output register (``OCEB``; always when None).
+
+    36 bits is the simple-dual-port shape as Yosys' own ``$__PDPW16KD_`` mapping wires it: the
+    word is ``{DIB, DIA}`` and ``{DOB, DOA}``, ``ADA3..ADA0`` enable its four 9-bit bytes, the
+    addresses sit on ``AD13..AD5``. Its read data leave through both halves' output registers
+    (``REGMODE_A`` and ``REGMODE_B``, as Lattice's tools configure a registered ``PDPW16KD``),
+    both enabled by ``r_out_en``.
     """
     if bits not in DATA_WIDTH:
-        raise ValueError(f"a DP16KD port stores 1, 2, 4, 8, 9, 16 or 18 bits per word, not {bits}")
+        raise ValueError(f"a DP16KD port stores 1, 2, 4, 8, 9, 16, 18 or 36 bits per word, not {bits}")
     width = DATA_WIDTH[bits]
     lsb = _ADDR_LSB[width]
+    wide = width == 36
+    out_en = Const(1, 1) if r_out_en is None else r_out_en
+    regmode = "OUTREG" if output_register else "NOREG"
     kw = {
         "p_DATA_WIDTH_A": width, "p_DATA_WIDTH_B": width,
-        "p_REGMODE_A": "NOREG", "p_REGMODE_B": "OUTREG" if output_register else "NOREG",
+        "p_REGMODE_A": regmode if wide else "NOREG", "p_REGMODE_B": regmode,
         "p_CSDECODE_A": "0b000", "p_CSDECODE_B": "0b000",
         "p_WRITEMODE_A": "NORMAL", "p_WRITEMODE_B": "NORMAL",
         "p_RESETMODE": "SYNC", "p_ASYNC_RESET_RELEASE": "SYNC", "p_GSR": "DISABLED",
         "i_CLKA": ClockSignal(domain), "i_CLKB": ClockSignal(domain),
-        "i_CEA": w_en, "i_WEA": w_en, "i_OCEA": Const(1, 1), "i_RSTA": Const(0, 1),
-        "i_CEB": r_en, "i_WEB": Const(0, 1), "i_OCEB": Const(1, 1) if r_out_en is None else r_out_en,
+        "i_CEA": w_en, "i_WEA": w_en, "i_OCEA": out_en if wide else Const(1, 1), "i_RSTA": Const(0, 1),
+        "i_CEB": r_en, "i_WEB": Const(0, 1), "i_OCEB": out_en,
         "i_RSTB": Const(0, 1),
     }
     for port in "AB":
@@ -120,15 +135,20 @@ def dp16kd_ports(*, bits: int, w_addr, w_data, w_en, r_addr, r_data, r_en,
             if pin >= lsb:
                 bit = pin - lsb
                 kw[f"i_AD{port}{pin}"] = addr[bit] if bit < len(addr) else Const(0, 1)
-            elif width == 18 and pin < 2:
-                kw[f"i_AD{port}{pin}"] = Const(1, 1)      # the 18-bit shape's byte enables
+            elif (width == 18 and pin < 2) or (wide and port == "A" and pin < 4):
+                kw[f"i_AD{port}{pin}"] = Const(1, 1)      # the 18- and 36-bit shapes' byte enables
             else:
                 kw[f"i_AD{port}{pin}"] = Const(0, 1)
     for pin in range(18):
         kw[f"i_DIA{pin}"] = w_data[pin] if pin < bits else Const(0, 1)
-        kw[f"i_DIB{pin}"] = Const(0, 1)
-    for pin in range(bits):
-        kw[f"o_DOB{pin}"] = r_data[pin]
+        kw[f"i_DIB{pin}"] = w_data[18 + pin] if wide else Const(0, 1)
+    if wide:
+        for pin in range(18):
+            kw[f"o_DOA{pin}"] = r_data[pin]
+            kw[f"o_DOB{pin}"] = r_data[18 + pin]
+    else:
+        for pin in range(bits):
+            kw[f"o_DOB{pin}"] = r_data[pin]
     return kw
 
 
@@ -161,11 +181,12 @@ class DP16KDModel(Elaboratable):
         domain = kw["i_CLKB"].domain
         if kw["i_CLKA"].domain != domain:
             raise ValueError("DP16KDModel: both ports in one clock domain")
-        mem = m.submodules.mem = Memory(shape=width, depth=SHAPE_WORDS[width], init=[])
-
         def pins(name, count):
             return Cat(*(kw[f"{name}{k}"] for k in range(count)))
 
+        if width == 36:
+            return self._elaborate_pdp(m, domain, pins)
+        mem = m.submodules.mem = Memory(shape=width, depth=SHAPE_WORDS[width], init=[])
         for port in "AB":
             wr = mem.write_port(domain=domain, granularity=9 if width == 18 else None)
             rd = mem.read_port(domain=domain, transparent_for=())
@@ -186,4 +207,33 @@ class DP16KDModel(Elaboratable):
                 name = f"o_DO{port}{pin}"
                 if name in kw:
                     m.d.comb += kw[name].eq(out[pin])
+        return m
+
+    def _elaborate_pdp(self, m, domain, pins):
+        """The 36-bit simple-dual-port shape: port A writes ``{DIB, DIA}`` (bytes enabled by
+        ``ADA3..ADA0``), port B reads into ``{DOB, DOA}``; each half has its port's output register."""
+        kw = self.kw
+        if not (isinstance(kw["i_WEB"], Const) and kw["i_WEB"].value == 0):
+            raise ValueError("DP16KDModel: in the 36-bit shape only port A writes")
+        mem = m.submodules.mem = Memory(shape=36, depth=PDP_WORDS, init=[])
+        wr = mem.write_port(domain=domain, granularity=9)
+        rd = mem.read_port(domain=domain, transparent_for=())
+        write = kw["i_CEA"] & kw["i_WEA"] & ~kw["i_RSTA"] & (pins("i_CSA", 3) == 0)
+        m.d.comb += [
+            wr.addr.eq(pins("i_ADA", 14)[5:]),
+            wr.data.eq(Cat(pins("i_DIA", 18), pins("i_DIB", 18))),
+            wr.en.eq(Cat(*(write & kw[f"i_ADA{k}"] for k in range(4)))),
+            rd.addr.eq(pins("i_ADB", 14)[5:]),
+            rd.en.eq(kw["i_CEB"] & ~kw["i_RSTB"] & (pins("i_CSB", 3) == 0)),
+        ]
+        for half, port in enumerate("AB"):
+            out = rd.data[18 * half:18 * half + 18]
+            if kw[f"p_REGMODE_{port}"] == "OUTREG":
+                reg = Signal(18, reset_less=True, name=f"outreg_{port.lower()}")
+                with m.If(kw[f"i_OCE{port}"]):
+                    m.d[domain] += reg.eq(out)
+                out = reg
+            for pin in range(18):
+                if f"o_DO{port}{pin}" in kw:
+                    m.d.comb += kw[f"o_DO{port}{pin}"].eq(out[pin])
         return m

@@ -120,7 +120,7 @@ class Engine(wiring.Component):
                                    tag_width=tag_layout(params).size, max_cin=params.max_gather)
         self.stage = OutputStage(params.lanes, max_channels=params.max_cout,
                                  max_pool_pixels=params.max_out_pixels, fifo_depth=32, block_ram=block_ram)
-        self.feeder = TileFeeder(params, self.array.input_layout)
+        self.feeder = TileFeeder(params, self.array.input_layout, block_ram=block_ram)
         self.desc_layout = descriptor_layout(params, self.shift.cfg_layout)
         super().__init__({"bus": In(BusSignature()), "busy": Out(1), "done": Out(1)})
 

@@ -75,9 +75,10 @@ from amaranth.utils import bits_for, ceil_log2
 
 from quant.numerics import ACC_BITS, MULT_BITS, SHIFT_MAX
 
-from .dp16kd import inferred_blocks
+from .dp16kd import PDP_WORDS, inferred_blocks
 from .dual_read import DualReadMemory
 from .mult import Multiplier, WideMultiplier
+from .sliced_memory import SlicedMemory
 
 __all__ = ["OutputStage", "Mode", "ConfigLayout", "TableEntry", "ACT_OUT_SHAPE"]
 
@@ -375,14 +376,19 @@ class OutputStage(wiring.Component):
         m.d.sync += [bypass1.eq(pool_we9 & ((chan9 >> lg) == (chan8 >> lg))),
                      bypass2.eq(pool_we10 & ((chan10 >> lg) == (chan8 >> lg))),
                      bypass3.eq(pool_we11 & ((chan11 >> lg) == (chan8 >> lg)))]
-        pmem = Memory(shape=data.ArrayLayout(signed(self._pool_bits), N), depth=depth, init=[])
+        # the sums' read data pass the memory's output register (in block RAM, the 85F's, the blocks'
+        # own, in the 512 x 36 shape Yosys would give them) and one of ours
+        pool_layout = data.ArrayLayout(signed(self._pool_bits), N)
+        pool_in_blocks = depth <= PDP_WORDS and inferred_blocks(pool_layout.size, depth) > 0
+        pmem = SlicedMemory(width=pool_layout.size, depth=depth, name="pool", slice_bits=36, output_registers=1,
+                            block_ram=self._block_ram if pool_in_blocks else "inferred")
         m.submodules.pool = pmem
-        pwr = pmem.write_port()
-        prd = pmem.read_port()
-        read8 = Signal.like(prd.data, name="pool_read8")
-        read9 = Signal.like(prd.data, name="pool_read")
-        m.d.comb += [prd.addr.eq(chan6 >> lg), pwr.addr.eq(chan9 >> lg), pwr.en.eq(pool_we9)]
-        m.d.sync += [read8.eq(prd.data), read9.eq(read8)]
+        pwr, prd = pmem.write, pmem.reads[0]
+        read9 = Signal(pool_layout, name="pool_read")
+        m.d.comb += [prd.addr.eq(chan6 >> lg), prd.en.eq(1), pwr.addr.eq(chan9 >> lg), pwr.en.eq(pool_we9)]
+        m.d.sync += read9.eq(prd.data)
+        pool_wdata = Signal(pool_layout)
+        m.d.comb += pwr.data.eq(pool_wdata)
         y9 = []
 
         out_data = []
@@ -482,7 +488,7 @@ class OutputStage(wiring.Component):
             m.d.comb += [
                 psum.eq(Mux(pf9, 0, Mux(bypass1, psum10, Mux(bypass2, psum11, Mux(bypass3, psum12, read9[k]))))
                         + y9[k]),
-                pwr.data[k].eq(psum),
+                pool_wdata[k].eq(psum),
             ]
             m.d.sync += [psum11.eq(psum10), psum12.eq(psum11)]
             # stage 10: the sum, registered (the route into the DSP); 13: product;

@@ -125,7 +125,9 @@ class PnrReport:
                     continue
                 for ep in nt.get("endpoints", ()):
                     if ep.get("event") == event:
-                        out.append(EndpointArrival(float(ep["delay"]), str(ep["cell"]), str(ep["port"]),
+                        delay = ep["delay"]       # nextpnr 0.7+: [min, max]; older: one number
+                        arrival = float(max(delay) if isinstance(delay, list) else delay)
+                        out.append(EndpointArrival(arrival, str(ep["cell"]), str(ep["port"]),
                                                    str(nt.get("net", "")), str(nt.get("driver", ""))))
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ReportError(f"malformed detailed_net_timings in nextpnr report: {e!r}") from None

@@ -53,11 +53,12 @@ from __future__ import annotations
 from amaranth import Array, Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .dp16kd import PDP_WORDS, inferred_blocks
 from .engine_params import EngineParams
+from .sliced_memory import SlicedMemory
 
 __all__ = ["TileFeeder", "tag_layout", "tile_words", "TILE_SLOTS"]
 
@@ -137,8 +138,11 @@ class TileFeeder(wiring.Component):
     #: eighth of the throughput)
     OUT_FIFO_DEPTH = ISSUE_TO_WEIGHT + 3
 
-    def __init__(self, params: EngineParams, array_input_layout):
+    def __init__(self, params: EngineParams, array_input_layout, *, block_ram: str = "auto"):
         self._p = params
+        #: how tile-buffer banks that Yosys would put into block RAM build their blocks
+        #: (hw.sliced_memory.SlicedMemory's block_ram)
+        self._block_ram = block_ram
         L = params.lanes
         pix = unsigned_for(params.max_out_pixels)
         self.cfg_layout = data.StructLayout({
@@ -185,11 +189,19 @@ class TileFeeder(wiring.Component):
         cfg = self.cfg
         S = TILE_SLOTS
 
+        # The tile buffer: one bank per pixel slot, read with latency 2. A bank in block RAM (in the
+        # 512 x 36 shape Yosys would give it) has its read data in the block's own output register
+        # (45F t31's latest endpoints were the registers behind these blocks, with Yosys' logic for
+        # a read of a word written in the same cycle in between); a smaller bank is LUT RAM with a
+        # register. A bank word is never read in the cycle it is written (see `release`).
+        depth = S * GW
+        in_blocks = depth <= PDP_WORDS and inferred_blocks(8 * L, depth) > 0
         banks = []
         for k in range(P):
-            mem = Memory(shape=8 * L, depth=S * GW, init=[])
+            mem = SlicedMemory(width=8 * L, depth=depth, name=f"bank{k}", slice_bits=36, output_registers=1,
+                               block_ram=self._block_ram if in_blocks else "inferred")
             m.submodules[f"bank{k}"] = mem
-            banks.append((mem.write_port(), mem.read_port(transparent_for=())))
+            banks.append((mem.write, mem.reads[0]))
 
         # ------------------------------------------------------------ write side
         # Slot ownership: the pass's only stream (the shift unit's) uses all S slots as a ring; in a
@@ -371,6 +383,9 @@ class TileFeeder(wiring.Component):
         # replicated input registers take the former at the end of t + 1; the banks deliver in
         # t + 2, the weight memory in t + ISSUE_TO_WEIGHT, when the beat (the tile's bytes, its
         # weights and what travelled beside them) is written into the FIFO in front of the array.
+        release = Signal()               # a tile finished in the previous cycle: free its slot now
+        release_slot = Signal(range(S))
+        m.d.sync += release.eq(0)
         credits = Signal(range(self.OUT_FIFO_DEPTH + 1), init=self.OUT_FIFO_DEPTH)
         pop = Signal()
         issue = Signal()
@@ -406,7 +421,7 @@ class TileFeeder(wiring.Component):
             m.d.sync += in_tile.eq(1)
             with m.If(tile_last):
                 with m.If(group_last):
-                    m.d.sync += [g.eq(0), in_tile.eq(0), full.bit_select(rs, 1).eq(0)]
+                    m.d.sync += [g.eq(0), in_tile.eq(0), release.eq(1), release_slot.eq(rs)]
                     with m.If(rc):
                         m.d.sync += a_rslot.eq(~a_rslot)
                     with m.Else():
@@ -414,24 +429,29 @@ class TileFeeder(wiring.Component):
                 with m.Else():
                     m.d.sync += g.eq(g + 1)
 
+        # A finished tile's slot is released (no longer full) a cycle after its last beat's issue,
+        # when the banks read that beat's word: so the write side, which writes only slots that
+        # are not full, never writes a word in the cycle it is read (the first word of the slot's
+        # next pixel is the last one read when a pixel has one word). A read and a write of the
+        # same word in one cycle would give an undefined word in the 512 x 36 block shape.
+        with m.If(release):
+            m.d.sync += full.bit_select(release_slot, 1).eq(0)
+
         # cycle t + 1: the memories read; what goes beside the data moves one register on
         v2 = Signal()
         side1 = Cat(lane1, last1, npix1, nchan1, signed1, tag1.as_value())
         side2 = Signal.like(side1)
         m.d.sync += [v2.eq(v1), side2.eq(side1)]
 
-        # cycle t + 2: the banks' words (their block RAMs' late read data), registered whole twice
-        # before the lane's byte is selected, the first register free to sit beside its block (45F
-        # t16's critical path ran from a bank's block RAM through that selection; the 85F's
-        # registers stood across the die from the banks); cycle t + 4: the tile's bytes. They and
-        # what goes beside them wait for the weights
-        words2 = Cat(rd.data for _, rd in banks)
-        words3 = Signal.like(words2, name="bank_words3")
-        words4 = Signal.like(words2, name="bank_words4")
+        # cycle t + 3: the banks' words, from their output registers; registered again before the
+        # lane's byte is selected (45F t16's critical path ran from a bank's block RAM through that
+        # selection; the 85F's registers stood across the die from the banks); cycle t + 4: the
+        # tile's bytes. They and what goes beside them wait for the weights
+        words3 = Cat(rd.data for _, rd in banks)
+        words4 = Signal.like(words3, name="bank_words4", reset_less=True)
         v3, side3 = Signal(name="v3"), Signal.like(side2, name="side3")
         v4, side4 = Signal(name="v4"), Signal.like(side2, name="side4")
-        m.d.sync += [words3.eq(words2), v3.eq(v2), side3.eq(side2),
-                     words4.eq(words3), v4.eq(v3), side4.eq(side3)]
+        m.d.sync += [v3.eq(v2), side3.eq(side2), words4.eq(words3), v4.eq(v3), side4.eq(side3)]
         lane4 = side4[:len(lane1)]
         valid, side = v4, side4
         acts = Cat(words4.word_select(k, 8 * L).word_select(lane4, 8) if L > 1 else words4.word_select(k, 8)

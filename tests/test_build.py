@@ -348,7 +348,7 @@ def test_late_endpoints_from_detailed_net_timings(tmp_path):
                        {"cell": "ff_b", "port": "CE", "event": "posedge clk", "delay": 9.25},
                        {"cell": "ff_x", "port": "DI", "event": "posedge other", "delay": 20.0}]},
         {"net": "n2", "driver": "ff_c", "port": "Q", "event": "posedge clk",
-         "endpoints": [{"cell": "ram", "port": "ADB5", "event": "posedge clk", "delay": 8.0}]},
+         "endpoints": [{"cell": "ram", "port": "ADB5", "event": "posedge clk", "delay": [1.5, 8.0]}]},
         {"net": "n3", "driver": "io", "port": "O", "event": "async",
          "endpoints": [{"cell": "ff_d", "port": "M", "event": "posedge clk", "delay": 30.0}]},
     ]

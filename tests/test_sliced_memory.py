@@ -55,6 +55,8 @@ def test_a_sliced_memory_reads_back_what_was_written(input_registers, output_reg
     (1024, 40, 16),       # 1024 x 18 blocks (two byte enables), a last slice of 8 bits
     (2500, 54, 18),       # all 18 bits of the 1024 x 18 shape: the channel table's slices, 3 deep
     (3000, 9, 9),         # all 9 bits of 2048 x 9
+    (512, 32, 36),        # the 512 x 36 simple-dual-port shape: the tile buffer's banks
+    (1000, 104, 36),      # three 36-bit slices (the last 32 bits), two blocks deep: the 85F's pool sums x 8
 ])
 def test_every_dp16kd_shape_reads_back_what_was_written(depth, width, slice_bits):
     mem = SlicedMemory(width=width, depth=depth, read_ports=1, name="m", input_registers=True,
