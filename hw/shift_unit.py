@@ -590,11 +590,22 @@ class ShiftUnit(wiring.Component):
             with m.Else():
                 m.d.sync += in_beat.eq(in_beat + 1)
 
-        # Output pixel p may start once input pixel min(p + reach, N-1) is complete.
-        avail = frame_in | (lead > cfg.reach)
+        # Output pixel p may start once input pixel min(p + reach, N-1) is complete: `avail`, that is
+        # frame_in | (lead > reach), kept as a register computed for the next cycle, exactly: the
+        # compares of this cycle's in_done and lead and of their neighbours, chosen by this cycle's
+        # handshakes (45F t31's critical path ran from in_done through frame_in and the issue into
+        # the output counters' enables). It is 0 while the cfg is all-zero, so a new cfg starts
+        # from a fresh value.
+        avail = Signal()
+        reach_p1 = Signal(len(cfg.reach) + 1)
+        m.d.sync += reach_p1.eq(cfg.reach + 1)
         # (an all-zero cfg, as after reset, disables the unit: no pixels, no issue)
         issue = run & ~out_done & avail & (cfg.pixels != 0)
         out_pixel_done = issue & (slot == last_slot)
+        frame_next = Mux(in_pixel_done, in_done_p1 == cfg.pixels, frame_in)
+        lead_next_gt = Mux(in_pixel_done & ~out_pixel_done, lead >= cfg.reach,
+                           Mux(out_pixel_done & ~in_pixel_done, lead > reach_p1, lead > cfg.reach))
+        m.d.sync += avail.eq((cfg.pixels != 0) & (frame_next | lead_next_gt))
         m.d.comb += [sched_rd.addr.eq(slot), sched_rd.en.eq(run)]
 
         with m.If(issue):
@@ -650,7 +661,7 @@ class ShiftUnit(wiring.Component):
             m.d.sync += [
                 out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
                 in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0), in_done_p1.eq(1), lead_p1.eq(1),
-                ready.eq(0),      # recomputed for the new frame in the next cycle
+                ready.eq(0), avail.eq(0),      # recomputed for the new frame in the next cycle
             ]
 
         # ---- stage 2: registered schedule word -> bank addresses, bounds checks -----
