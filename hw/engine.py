@@ -591,12 +591,21 @@ class Engine(wiring.Component):
             part = offset[:lg_k] if lg_k else Const(0, 1)
             hit = region == reg
             if wr is not None:
+                w_addr, w_en = entry, bus.valid & bus.w_en & hit & (part == k - 1)
+                w_data = Cat(staging[:32 * (k - 1)], bus.w_data)[:width] if k > 1 else bus.w_data[:width]
+                if reg not in (Region.ACT, Region.WEIGHT):
+                    # the write reaches the memory a cycle after the bus write, from registers (the
+                    # activations and weights register their port inputs themselves): t50's critical
+                    # path ran from the link's state through this decode into the write enables of
+                    # the channel table's blocks. A start (decoded a cycle late) or a read of the word
+                    # (answered cycles later, its memory read repeated every cycle) comes after it
+                    w_addr_q = Signal.like(wr.addr, name=f"host_w_addr{reg}")
+                    w_data_q = Signal.like(wr.data, name=f"host_w_data{reg}", reset_less=True)
+                    w_en_q = Signal(name=f"host_w_en{reg}")
+                    m.d.sync += [w_addr_q.eq(w_addr), w_data_q.eq(w_data), w_en_q.eq(host_owns & w_en)]
+                    w_addr, w_en, w_data = w_addr_q, w_en_q, w_data_q
                 with m.If(host_owns):
-                    m.d.comb += [
-                        wr.addr.eq(entry),
-                        wr.data.eq(Cat(staging[:32 * (k - 1)], bus.w_data)[:width] if k > 1 else bus.w_data[:width]),
-                        wr.en.eq(bus.valid & bus.w_en & hit & (part == k - 1)),
-                    ]
+                    m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en)]
             with m.If(host_owns | (reg == Region.COUNTERS)):
                 # while the host owns a port it reads continuously (the bus holds the address for
                 # the whole request): the enable is a constant, not the bus decode (t25's critical
@@ -687,6 +696,13 @@ class Engine(wiring.Component):
         s_data2 = Signal.like(s_rd.data, reset_less=True)
         # the schedule word of the read two cycles ago: its block RAM's own register, or ours
         s_word2 = s_rd.data if sched_latency == 2 else s_data2
+        # and one register further: the words cross the die from the engine's memories to the shift
+        # unit's and output stage's blocks from registers the placer may put between them (t50's
+        # latest endpoints after the host's write decode: the output stage's table write data)
+        ts_v3, tt_v3 = Signal(), Signal()
+        ts_i3, tt_i3 = Signal.like(ts_i2), Signal.like(tt_i2)
+        s_word3 = Signal.like(s_rd.data, reset_less=True)
+        t_word3 = Signal.like(t_rd.data, reset_less=True)
         with m.If(running):
             m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
         # whether the layer is the run's last, a register (layer is unchanged from COUNT0 to COUNT1,
@@ -708,31 +724,34 @@ class Engine(wiring.Component):
                 with m.If(k >= lat):
                     m.d.sync += desc_bits.word_select((k - lat)[:len(k)], 32).eq(d_rd.data)
                 with m.If(k == DESC_WORDS + lat - 1):
-                    m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0), ts_v2.eq(0), tt_v2.eq(0)]
+                    m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0), ts_v2.eq(0), tt_v2.eq(0),
+                                 ts_v3.eq(0), tt_v3.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
                 # one read per cycle from each memory; the word read in cycle n is in its block RAM's
-                # output register in n+1 (its index beside it) and written in n+2: the block RAMs'
-                # data go to a register only (45F t17's critical path ran from the channel table's
-                # block RAM into the output stage's tables)
+                # output register in n+1 (its index beside it), in a register of ours in n+2 and
+                # written in n+3: the block RAMs' data go to a register only (45F t17's critical path
+                # ran from the channel table's block RAM into the output stage's tables)
                 m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
                              t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
                 m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t),
                              ts_v2.eq(ts_v), ts_i2.eq(ts - 1), *([s_data2.eq(s_rd.data)] if sched_latency == 1 else []),
-                             tt_v2.eq(tt_v), tt_i2.eq(tt - 1)]
+                             tt_v2.eq(tt_v), tt_i2.eq(tt - 1),
+                             ts_v3.eq(ts_v2), ts_i3.eq(ts_i2), s_word3.eq(s_word2),
+                             tt_v3.eq(tt_v2), tt_i3.eq(tt_i2), t_word3.eq(t_rd.data)]
                 with m.If(more_s):
                     m.d.sync += ts.eq(ts + 1)
                 with m.If(more_t):
                     m.d.sync += tt.eq(tt + 1)
                 m.d.comb += [
-                    shift.tab.valid.eq(ts_v2), shift.tab.payload.addr.eq(ts_i2),
-                    shift.tab.payload.data.eq(s_word2),
-                    stage.tbl.valid.eq(tt_v2), stage.tbl.payload.chan.eq(tt_i2),
-                    stage.tbl.payload.entry.eq(t_rd.data),     # the table's own output register
+                    shift.tab.valid.eq(ts_v3), shift.tab.payload.addr.eq(ts_i3),
+                    shift.tab.payload.data.eq(s_word3),
+                    stage.tbl.valid.eq(tt_v3), stage.tbl.payload.chan.eq(tt_i3),
+                    stage.tbl.payload.entry.eq(t_word3),
                 ]
-                with m.If(~more_s & ~more_t & ~ts_v & ~tt_v & ~ts_v2 & ~tt_v2):
+                with m.If(~more_s & ~more_t & ~ts_v & ~tt_v & ~ts_v2 & ~tt_v2 & ~ts_v3 & ~tt_v3):
                     m.next = "START"
             with m.State("START"):
                 # its own state, so the start pulse (which fans out across the datapath) is decoded
