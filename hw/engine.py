@@ -686,29 +686,53 @@ class Engine(wiring.Component):
             ]
 
         # ------------------------------------------------------------ sequencer
-        k = Signal(range(DESC_WORDS + desc_mem.read_latency + 1))
+        # The descriptor, schedule and table reads are addressed from registers, computed every cycle
+        # from the counters of the cycle before (45F t32's latest endpoints after the host's write
+        # decode: the address adders in front of the schedule's and descriptors' block RAMs), so a
+        # word is read a cycle after its counter value.
+        lat_d = 1 + desc_mem.read_latency               # from the counter k to the word on d_rd.data
+        k = Signal(range(DESC_WORDS + lat_d + 1))
+        d_raddr = Signal.like(d_rd.addr)
+        m.d.sync += d_raddr.eq(layer * DESC_WORDS + k)
         ts = Signal(range(p.max_gather + 2))
         tt = Signal(range(p.max_cout + 2))
-        ts_v, tt_v = Signal(), Signal()
-        # the table words one cycle after their read, with their indices (LOAD_TABLES)
-        ts_v2, tt_v2 = Signal(), Signal()
-        ts_i2, tt_i2 = Signal.like(shift.tab.payload.addr), Signal.like(stage.tbl.payload.chan)
-        s_data2 = Signal.like(s_rd.data, reset_less=True)
-        # the schedule word of the read two cycles ago: its block RAM's own register, or ours
-        s_word2 = s_rd.data if sched_latency == 2 else s_data2
-        # and one register further: the words cross the die from the engine's memories to the shift
-        # unit's and output stage's blocks from registers the placer may put between them (t50's
-        # latest endpoints after the host's write decode: the output stage's table write data)
-        ts_v3, tt_v3 = Signal(), Signal()
-        ts_i3, tt_i3 = Signal.like(ts_i2), Signal.like(tt_i2)
-        s_word3 = Signal.like(s_rd.data, reset_less=True)
-        t_word3 = Signal.like(t_rd.data, reset_less=True)
+        s_raddr, t_raddr = Signal.like(s_rd.addr), Signal.like(t_rd.addr)
+        m.d.sync += [s_raddr.eq(desc.sched_base + ts), t_raddr.eq(desc.table_base + tt)]
+        # a read (valid flag, word index) in flight, then delayed with its data: the word comes out of
+        # the memory `latency` cycles after the read and passes one register of ours before it is
+        # written (the words cross the die from the engine's memories to the shift unit's and output
+        # stage's blocks; t50's endpoints after the host's write decode were the tables' write data)
+        ts_v, tt_v = Signal(), Signal()                 # a read this cycle (LOAD_TABLES only)
+        ts_i, tt_i = Signal.like(shift.tab.payload.addr), Signal.like(stage.tbl.payload.chan)
+        m.d.sync += [ts_v.eq(0), tt_v.eq(0)]
+
+        def delayed(valid, index, data, latency, name):
+            vs, idx = [valid], [index]
+            for j in range(latency + 1):
+                v_next = Signal(name=f"{name}_v{j + 1}")
+                i_next = Signal.like(index, name=f"{name}_i{j + 1}")
+                m.d.sync += [v_next.eq(vs[-1]), i_next.eq(idx[-1])]
+                vs.append(v_next)
+                idx.append(i_next)
+            word = Signal.like(data, name=f"{name}_word", reset_less=True)
+            m.d.sync += word.eq(data)
+            return vs, idx[-1], word
+
+        s_vs, s_index, s_word = delayed(ts_v, ts_i, s_rd.data, sched_latency, "sched_load")
+        t_vs, t_index, t_word = delayed(tt_v, tt_i, t_rd.data, table.read_latency, "table_load")
         with m.If(running):
             m.d.sync += [total_cycles.eq(total_cycles + 1), layer_cycles.eq(layer_cycles + 1)]
         # whether the layer is the run's last, a register (layer is unchanged from COUNT0 to COUNT1,
         # where it is used): the adder and compare stay off the paths into the state and run flags
         final_layer = Signal()
         m.d.sync += final_layer.eq(layer + 1 == n_layers)
+        # the layer's end (every result word written, the datapath idle), a register: a cycle late,
+        # but every term stays true once true. 45F t32's endpoints: the busy flags -> the state and
+        # the shift unit's cfg register enables. Only RUN cycles count (`in_run`), so the value of
+        # the START cycle, when `writes` still holds the last layer's count, never ends a layer
+        layer_done = Signal()
+        m.d.sync += layer_done.eq(in_run & (writes == desc.out_beats) & rd_idle & ~shift.busy & ~stage.busy
+                                  & ~start)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -717,41 +741,34 @@ class Engine(wiring.Component):
                                  total_cycles.eq(0), layer_cycles.eq(0), k.eq(0)]
                     m.next = "LOAD_DESC"
             with m.State("LOAD_DESC"):
-                # word k is requested in cycle k and stored read_latency (2) cycles later
-                lat = desc_mem.read_latency
-                m.d.comb += [d_rd.addr.eq(layer * DESC_WORDS + k), d_rd.en.eq(1)]
+                # word k is addressed in cycle k (d_raddr), read in k + 1 and stored lat_d cycles
+                # after k (the read of the first cycle, from the previous state's address, is dropped)
+                m.d.comb += [d_rd.addr.eq(d_raddr), d_rd.en.eq(1)]
                 m.d.sync += k.eq(k + 1)
-                with m.If(k >= lat):
-                    m.d.sync += desc_bits.word_select((k - lat)[:len(k)], 32).eq(d_rd.data)
-                with m.If(k == DESC_WORDS + lat - 1):
-                    m.d.sync += [ts.eq(0), tt.eq(0), ts_v.eq(0), tt_v.eq(0), ts_v2.eq(0), tt_v2.eq(0),
-                                 ts_v3.eq(0), tt_v3.eq(0)]
+                with m.If(k >= lat_d):
+                    m.d.sync += desc_bits.word_select((k - lat_d)[:len(k)], 32).eq(d_rd.data)
+                with m.If(k == DESC_WORDS + lat_d - 1):
+                    m.d.sync += [ts.eq(0), tt.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
-                # one read per cycle from each memory; the word read in cycle n is in its block RAM's
-                # output register in n+1 (its index beside it), in a register of ours in n+2 and
-                # written in n+3: the block RAMs' data go to a register only (45F t17's critical path
-                # ran from the channel table's block RAM into the output stage's tables)
-                m.d.comb += [s_rd.addr.eq(desc.sched_base + ts), s_rd.en.eq(1),
-                             t_rd.addr.eq(desc.table_base + tt), t_rd.en.eq(1)]
+                # one read per cycle from each memory (of the word its counter named in the cycle
+                # before); the block RAMs' data go to a register only (45F t17's critical path ran
+                # from the channel table's block RAM into the output stage's tables)
+                m.d.comb += [s_rd.addr.eq(s_raddr), s_rd.en.eq(1), t_rd.addr.eq(t_raddr), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
-                m.d.sync += [ts_v.eq(more_s), tt_v.eq(more_t),
-                             ts_v2.eq(ts_v), ts_i2.eq(ts - 1), *([s_data2.eq(s_rd.data)] if sched_latency == 1 else []),
-                             tt_v2.eq(tt_v), tt_i2.eq(tt - 1),
-                             ts_v3.eq(ts_v2), ts_i3.eq(ts_i2), s_word3.eq(s_word2),
-                             tt_v3.eq(tt_v2), tt_i3.eq(tt_i2), t_word3.eq(t_rd.data)]
+                m.d.sync += [ts_v.eq(more_s), ts_i.eq(ts), tt_v.eq(more_t), tt_i.eq(tt)]
                 with m.If(more_s):
                     m.d.sync += ts.eq(ts + 1)
                 with m.If(more_t):
                     m.d.sync += tt.eq(tt + 1)
                 m.d.comb += [
-                    shift.tab.valid.eq(ts_v3), shift.tab.payload.addr.eq(ts_i3),
-                    shift.tab.payload.data.eq(s_word3),
-                    stage.tbl.valid.eq(tt_v3), stage.tbl.payload.chan.eq(tt_i3),
-                    stage.tbl.payload.entry.eq(t_word3),
+                    shift.tab.valid.eq(s_vs[-1]), shift.tab.payload.addr.eq(s_index),
+                    shift.tab.payload.data.eq(s_word),
+                    stage.tbl.valid.eq(t_vs[-1]), stage.tbl.payload.chan.eq(t_index),
+                    stage.tbl.payload.entry.eq(t_word),
                 ]
-                with m.If(~more_s & ~more_t & ~ts_v & ~tt_v & ~ts_v2 & ~tt_v2 & ~ts_v3 & ~tt_v3):
+                with m.If(~more_s & ~more_t & ~Cat(*s_vs, *t_vs).any()):
                     m.next = "START"
             with m.State("START"):
                 # its own state, so the start pulse (which fans out across the datapath) is decoded
@@ -762,7 +779,7 @@ class Engine(wiring.Component):
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += in_run.eq(1)
-                with m.If((writes == desc.out_beats) & rd_idle & ~shift.busy & ~stage.busy & ~start):
+                with m.If(layer_done):
                     m.d.sync += shift_cfg.eq(0)
                     m.next = "COUNT0"
             with m.State("COUNT0"):

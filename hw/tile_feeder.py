@@ -276,12 +276,20 @@ class TileFeeder(wiring.Component):
         m.d.comb += a_take.eq(self.ia.valid & self.ia.ready)
         with m.If(self.i.valid & b_free & self.ia.valid & a_can):
             m.d.sync += a_turn.eq(~a_turn)
+        # a taken beat is written a cycle later, from registers (45F t32's endpoints: the handshake ->
+        # the banks' write enables). Its slot is marked full when the beat is taken, so a tile's
+        # first read (issued the cycle after, its bank read one cycle later still) comes after
+        # its last write
+        bank_waddr = Signal(range(S * GW))
+        bank_wdata = Signal(8 * L, reset_less=True)
+        bank_wen = Signal(P)
+        m.d.sync += [
+            bank_waddr.eq(Mux(a_take, a_slot * GW + a_b, wslot * GW + b)),
+            bank_wdata.eq(Mux(a_take, self.ia.payload.as_value(), self.i.payload.as_value())),
+            bank_wen.eq(Cat(*((take & keep & (wp == k)) | (a_take & (a_wp == k)) for k in range(P)))),
+        ]
         for k, (wr, _) in enumerate(banks):
-            m.d.comb += [
-                wr.addr.eq(Mux(a_take, a_slot * GW + a_b, wslot * GW + b)),
-                wr.data.eq(Mux(a_take, self.ia.payload.as_value(), self.i.payload.as_value())),
-                wr.en.eq((take & keep & (wp == k)) | (a_take & (a_wp == k))),
-            ]
+            m.d.comb += [wr.addr.eq(bank_waddr), wr.data.eq(bank_wdata), wr.en.eq(bank_wen[k])]
 
         pixel_end = Signal()
         m.d.comb += pixel_end.eq(take & (b == last_b))
@@ -431,9 +439,10 @@ class TileFeeder(wiring.Component):
 
         # A finished tile's slot is released (no longer full) a cycle after its last beat's issue,
         # when the banks read that beat's word: so the write side, which writes only slots that
-        # are not full, never writes a word in the cycle it is read (the first word of the slot's
-        # next pixel is the last one read when a pixel has one word). A read and a write of the
-        # same word in one cycle would give an undefined word in the 512 x 36 block shape.
+        # are not full (a cycle after taking the beat), never writes a word in the cycle it is
+        # read (the first word of the slot's next pixel is the last one read when a pixel has one
+        # word). A read and a write of the same word in one cycle would give an undefined word in
+        # the 512 x 36 block shape.
         with m.If(release):
             m.d.sync += full.bit_select(release_slot, 1).eq(0)
 
