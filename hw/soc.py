@@ -162,20 +162,20 @@ SOC_PARAMS = {
 SOC_PARAMS["LFE5U-12F"] = SOC_PARAMS["LFE5U-25F"]   # the same die: 28 MULT18X18D, 56 DP16KD
 
 #: Default engine clock of the SoC per part (MHz asked of the PLL; ``--clock`` overrides), each a
-#: clock whose build met timing and that makes 3 Mbaud within 2 %. The 85F SoC built at 93 MHz
-#: (the PLL makes 92.857, x26/7; 31 cycles per UART bit, -0.15 %) met timing with Fmax 95.27 MHz
-#: (docs/BUILD.md, t46: registered control, narrower accumulators, the schedules behind their
-#: block RAMs' output registers; at 90 MHz, t47 met with 93.83; before them 84 MHz, t39:
-#: 88.68 MHz; 70 MHz, t31: 70.14 MHz; 62.5 MHz, t29: 66.15 MHz; 60 MHz, t25: 65.87 MHz;
-#: 54.17 MHz, t24 s2: 56.00 MHz; 45 MHz, t19: 52.24 MHz).
-#: The 45F SoC at 103 MHz (the PLL makes 103.125, x33/8, as for t28's 102; 34 cycles per bit) met
-#: timing with Fmax 107.03 MHz (docs/BUILD.md, 45F t28, seed 3; before it 96 MHz, t23: 97.93 MHz;
-#: 80 MHz, t14: 81.36 MHz; 75 MHz, t8: 76.52 MHz; 66 MHz, t7: 71.83 MHz). The smaller parts were not
-#: measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
-SOC_CLOCK_MHZ = {"LFE5U-85F": 93.0, "LFE5U-45F": 103.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
+#: clock whose build met timing and that makes 3 Mbaud within 2 %. The 85F SoC built at 100 MHz
+#: (exactly: 25 MHz x 4, VCO 600 MHz; 33 cycles per UART bit, +1.01 %) met timing with Fmax
+#: 103.56 MHz (docs/BUILD.md, t52: block RAMs read behind their own output registers, registered
+#: host writes and sequencer addresses; before it 93 MHz, t46: 95.27 MHz; 84 MHz, t39: 88.68 MHz;
+#: 70 MHz, t31: 70.14 MHz; 62.5 MHz, t29: 66.15 MHz; 60 MHz, t25: 65.87 MHz; 54.17 MHz, t24 s2:
+#: 56.00 MHz; 45 MHz, t19: 52.24 MHz).
+#: The 45F SoC at 103 MHz (the PLL makes 103.125, x33/8; 34 cycles per bit) met timing with Fmax
+#: 110.25 MHz (docs/BUILD.md, 45F t34, seed 3, the same engine as t52; before it t28: 107.03 MHz;
+#: 96 MHz, t23: 97.93 MHz; 80 MHz, t14: 81.36 MHz; 75 MHz, t8: 76.52 MHz; 66 MHz, t7: 71.83 MHz).
+#: The smaller parts were not measured; they keep 36 MHz (35.71 MHz, x10/7, 12 cycles per bit, -0.8 %).
+SOC_CLOCK_MHZ = {"LFE5U-85F": 100.0, "LFE5U-45F": 103.0, "LFE5U-25F": 36.0, "LFE5U-12F": 36.0}
 
 #: nextpnr seed of ``python -m hw.build`` for a part's default SoC (others: 1): the seed it was
-#: measured to route with at its default clock (85F: t46, 95.27 MHz; 45F: t28, 107.03 MHz;
+#: measured to route with at its default clock (85F: t52, 103.56 MHz; 45F: t34, 110.25 MHz;
 #: docs/BUILD.md). nextpnr is deterministic for a given design, seed and thread count, so the
 #: default build reproduces the measured one.
 SOC_SEED = {"LFE5U-85F": 2, "LFE5U-45F": 3}
