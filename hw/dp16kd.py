@@ -39,7 +39,7 @@ from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal
 from amaranth.lib.memory import Memory
 
 __all__ = ["DP16KD_BITS", "DATA_WIDTH", "SHAPE_WORDS", "PDP_WORDS", "words_per_block", "blocks_deep", "dp16kd_ports",
-           "DP16KDModel", "ebr_count", "inferred_blocks"]
+           "DP16KDModel", "ebr_count", "inferred_blocks", "in_block_ram"]
 
 #: bits of one block (the 9- and 18-bit shapes add a parity bit per byte, unused here)
 DP16KD_BITS = 16384
@@ -237,3 +237,11 @@ class DP16KDModel(Elaboratable):
                 if f"o_DO{port}{pin}" in kw:
                     m.d.comb += kw[f"o_DO{port}{pin}"].eq(out[pin])
         return m
+
+
+def in_block_ram(width: int, depth: int) -> bool:
+    """Whether a ``width x depth`` table goes into block RAM in the 512 x 36 shape: Yosys would map
+    it to blocks (:func:`inferred_blocks`) and it is at most :data:`PDP_WORDS` deep. The engine's
+    tables that qualify are built from primitives behind the blocks' output registers
+    (:mod:`hw.dual_read`, or ``SlicedMemory`` slices of 36 bits); the others stay inferred."""
+    return depth <= PDP_WORDS and inferred_blocks(width, depth) > 0

@@ -38,13 +38,13 @@ from amaranth import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mu
 from amaranth.lib.memory import Memory
 from amaranth.utils import ceil_log2
 
-from .dp16kd import DP16KDModel
+from .dp16kd import PDP_WORDS, DP16KDModel
 from .mult import _is_ecp5
 
 __all__ = ["DualReadMemory", "dual_read_blocks", "MAX_DEPTH"]
 
 #: words of one block as pairs of 18-bit words
-MAX_DEPTH = 512
+MAX_DEPTH = PDP_WORDS
 _HALF = 18
 
 

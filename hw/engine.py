@@ -58,7 +58,7 @@ from amaranth.utils import ceil_log2
 
 from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EngineParams, Region,
                             descriptor_layout, parts_for)
-from .dp16kd import inferred_blocks
+from .dp16kd import in_block_ram
 from .dual_read import MAX_DEPTH, DualReadMemory
 from .link import BusSignature
 from .output_stage import Mode, OutputStage, TableEntry
@@ -188,7 +188,7 @@ class Engine(wiring.Component):
                                  output_registers=1, slice_bits=18, block_ram=self.block_ram)
             s_wr, (s_rd,) = sched.write, sched.reads
             sched_latency = sched.read_latency
-        elif p.sched_words <= MAX_DEPTH and inferred_blocks(slot_bits, p.sched_words):
+        elif in_block_ram(slot_bits, p.sched_words):
             sched = DualReadMemory(width=slot_bits, depth=p.sched_words, name="sched", block_ram=self.block_ram)
             s_wr, s_rd = sched.write, sched.read
             sched_latency = sched.read_latency

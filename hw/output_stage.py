@@ -75,7 +75,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from quant.numerics import ACC_BITS, MULT_BITS, SHIFT_MAX
 
-from .dp16kd import PDP_WORDS, inferred_blocks
+from .dp16kd import in_block_ram
 from .dual_read import DualReadMemory
 from .mult import Multiplier, WideMultiplier
 from .sliced_memory import SlicedMemory
@@ -379,7 +379,7 @@ class OutputStage(wiring.Component):
         # the sums' read data pass the memory's output register (in block RAM, the 85F's, the blocks'
         # own, in the 512 x 36 shape Yosys would give them) and one of ours
         pool_layout = data.ArrayLayout(signed(self._pool_bits), N)
-        pool_in_blocks = depth <= PDP_WORDS and inferred_blocks(pool_layout.size, depth) > 0
+        pool_in_blocks = in_block_ram(pool_layout.size, depth)
         pmem = SlicedMemory(width=pool_layout.size, depth=depth, name="pool", slice_bits=36, output_registers=1,
                             block_ram=self._block_ram if pool_in_blocks else "inferred")
         m.submodules.pool = pmem
@@ -403,7 +403,7 @@ class OutputStage(wiring.Component):
             entry_bits = Value.cast(self.tbl.payload.entry).shape().width
             tbl_write = self.tbl.valid & ((self.tbl.payload.chan & (N - 1)) == k)
             ent = Signal(TableEntry, name=f"entry{k}")              # valid in stage 1
-            if inferred_blocks(entry_bits, depth):
+            if in_block_ram(entry_bits, depth):
                 tmem = DualReadMemory(width=entry_bits, depth=depth, name=f"table{k}", block_ram=self._block_ram)
                 m.submodules[f"table{k}"] = tmem
                 m.d.comb += [

@@ -250,6 +250,9 @@ def main(argv=None) -> int:
                     help="also list the N timing endpoints of each clock with the latest arrival (needs a report "
                          "written with --detailed-timing-report, as python -m hw.build does)")
     args = ap.parse_args(argv)
+    if args.endpoints < 0:
+        print(f"error: --endpoints must be 0 or more, not {args.endpoints}", file=sys.stderr)
+        return 2
     try:
         rep = load_report(args.report)
         paths = {net: rep.critical_path(net) for net in rep.fmax}

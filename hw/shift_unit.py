@@ -101,7 +101,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from .dp16kd import inferred_blocks
+from .dp16kd import in_block_ram
 from .dual_read import MAX_DEPTH, DualReadMemory
 from .fanout import register_copies
 from .sliced_memory import SlicedMemory
@@ -475,7 +475,7 @@ class ShiftUnit(wiring.Component):
         entry = Signal(self.slot_layout)
         slot_bits = self.slot_layout.size
         if self.max_slots <= MAX_DEPTH:
-            in_blocks = inferred_blocks(slot_bits, self.max_slots) > 0
+            in_blocks = in_block_ram(slot_bits, self.max_slots)
             sched = DualReadMemory(width=slot_bits, depth=self.max_slots, name="sched", registers_follow_en=True,
                                    block_ram=self.block_ram if in_blocks else "inferred")
             tab_wr, sched_rd = sched.write, sched.read

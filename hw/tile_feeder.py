@@ -56,7 +56,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from .dp16kd import PDP_WORDS, inferred_blocks
+from .dp16kd import in_block_ram
 from .engine_params import EngineParams
 from .sliced_memory import SlicedMemory
 
@@ -195,7 +195,7 @@ class TileFeeder(wiring.Component):
         # a read of a word written in the same cycle in between); a smaller bank is LUT RAM with a
         # register. A bank word is never read in the cycle it is written (see `release`).
         depth = S * GW
-        in_blocks = depth <= PDP_WORDS and inferred_blocks(8 * L, depth) > 0
+        in_blocks = in_block_ram(8 * L, depth)
         banks = []
         for k in range(P):
             mem = SlicedMemory(width=8 * L, depth=depth, name=f"bank{k}", slice_bits=36, output_registers=1,

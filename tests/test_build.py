@@ -371,6 +371,9 @@ def test_late_endpoints_from_detailed_net_timings(tmp_path):
     assert r.returncode == 0, r.stderr
     listed = [line.split() for line in r.stdout.splitlines() if " ns  " in line]
     assert [(f[0], f[2]) for f in listed] == [("9.25", "ff_b.CE"), ("8.00", "ram.ADB5")]
+    r = subprocess.run([sys.executable, "-m", "hw.reports", str(path), "--endpoints", "-1"], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.strip() == "error: --endpoints must be 0 or more, not -1"
 
 
 def test_reports_cli_bad_file(tmp_path):
