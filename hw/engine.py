@@ -568,12 +568,16 @@ class Engine(wiring.Component):
             Region.LOGITS: (32 * L, l_wr, l_rd, 1),
             Region.COUNTERS: (32, None, c_rd, counters.read_latency),
         }
+        # the memories the sequencer reads: their read address is a register for the host's reads
+        # too (below, `host_read_addr`), which adds a cycle to those reads
+        sequencer_read = (Region.DESC, Region.SCHED, Region.TABLE)
         max_parts = max(parts_for(w) for w, *_ in regions.values())
         staging = Signal(32 * max_parts)
         # a read's request travels through read_pending[0..]: the slowest memory's read (the big
         # memories' port register, block-RAM read and data register), then the region's word
         # register; read_done: the register after the region multiplexer
-        slowest_read = max(latency for *_, latency in regions.values())
+        slowest_read = max(latency + (reg in sequencer_read) for reg, (*_, latency) in regions.items())
+        host_read_addr = {}
         read_pending = [Signal(name=f"read_pending{k}") for k in range(slowest_read + 1)]
         read_done = Signal()
         host_owns = ~running
@@ -606,11 +610,14 @@ class Engine(wiring.Component):
                     w_addr, w_en, w_data = w_addr_q, w_en_q, w_data_q
                 with m.If(host_owns):
                     m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en)]
-            with m.If(host_owns | (reg == Region.COUNTERS)):
-                # while the host owns a port it reads continuously (the bus holds the address for
-                # the whole request): the enable is a constant, not the bus decode (t25's critical
-                # path ended at a table block RAM's clock enable)
-                m.d.comb += [rd.addr.eq(entry), rd.en.eq(1)]
+            if reg in sequencer_read:
+                host_read_addr[reg] = entry
+            else:
+                with m.If(host_owns | (reg == Region.COUNTERS)):
+                    # while the host owns a port it reads continuously (the bus holds the address for
+                    # the whole request): the enable is a constant, not the bus decode (t25's critical
+                    # path ended at a table block RAM's clock enable)
+                    m.d.comb += [rd.addr.eq(entry), rd.en.eq(1)]
             with m.If(hit):
                 m.d.comb += bus_part.eq(part)
             # each region's word registered next to its memory, then the region multiplexer: the
@@ -689,15 +696,23 @@ class Engine(wiring.Component):
         # The descriptor, schedule and table reads are addressed from registers, computed every cycle
         # from the counters of the cycle before (45F t32's latest endpoints after the host's write
         # decode: the address adders in front of the schedule's and descriptors' block RAMs), so a
-        # word is read a cycle after its counter value.
+        # word is read a cycle after its counter value. While the engine is stopped the registers
+        # take the host's read address instead, so the blocks' address inputs see no multiplexer
+        # (t52's latest endpoints: `running` through the choice between host and sequencer into
+        # the channel table's blocks); the memories read every cycle, whatever the state.
         lat_d = 1 + desc_mem.read_latency               # from the counter k to the word on d_rd.data
         k = Signal(range(DESC_WORDS + lat_d + 1))
         d_raddr = Signal.like(d_rd.addr)
-        m.d.sync += d_raddr.eq(layer * DESC_WORDS + k)
         ts = Signal(range(p.max_gather + 2))
         tt = Signal(range(p.max_cout + 2))
         s_raddr, t_raddr = Signal.like(s_rd.addr), Signal.like(t_rd.addr)
-        m.d.sync += [s_raddr.eq(desc.sched_base + ts), t_raddr.eq(desc.table_base + tt)]
+        m.d.sync += [
+            d_raddr.eq(Mux(running, layer * DESC_WORDS + k, host_read_addr[Region.DESC])),
+            s_raddr.eq(Mux(running, desc.sched_base + ts, host_read_addr[Region.SCHED])),
+            t_raddr.eq(Mux(running, desc.table_base + tt, host_read_addr[Region.TABLE])),
+        ]
+        m.d.comb += [d_rd.addr.eq(d_raddr), d_rd.en.eq(1), s_rd.addr.eq(s_raddr), s_rd.en.eq(1),
+                     t_rd.addr.eq(t_raddr), t_rd.en.eq(1)]
         # a read (valid flag, word index) in flight, then delayed with its data: the word comes out of
         # the memory `latency` cycles after the read and passes one register of ours before it is
         # written (the words cross the die from the engine's memories to the shift unit's and output
@@ -743,7 +758,6 @@ class Engine(wiring.Component):
             with m.State("LOAD_DESC"):
                 # word k is addressed in cycle k (d_raddr), read in k + 1 and stored lat_d cycles
                 # after k (the read of the first cycle, from the previous state's address, is dropped)
-                m.d.comb += [d_rd.addr.eq(d_raddr), d_rd.en.eq(1)]
                 m.d.sync += k.eq(k + 1)
                 with m.If(k >= lat_d):
                     m.d.sync += desc_bits.word_select((k - lat_d)[:len(k)], 32).eq(d_rd.data)
@@ -754,7 +768,6 @@ class Engine(wiring.Component):
                 # one read per cycle from each memory (of the word its counter named in the cycle
                 # before); the block RAMs' data go to a register only (45F t17's critical path ran
                 # from the channel table's block RAM into the output stage's tables)
-                m.d.comb += [s_rd.addr.eq(s_raddr), s_rd.en.eq(1), t_rd.addr.eq(t_raddr), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
                 m.d.sync += [ts_v.eq(more_s), ts_i.eq(ts), tt_v.eq(more_t), tt_i.eq(tt)]
