@@ -106,8 +106,6 @@ class Engine(wiring.Component):
     #: beats between the output path and the output stage (covers the beats in flight in the
     #: output path, so that the array drains one beat per cycle)
     BEAT_FIFO_DEPTH = 16
-    #: words of the FIFO between the shift unit and the tile feeder (3: one word per cycle)
-    SHIFT_FIFO_DEPTH = 3
 
     def __init__(self, params: EngineParams = EngineParams(), block_ram: str = "auto"):
         self.params = params
@@ -355,18 +353,18 @@ class Engine(wiring.Component):
         m.d.comb += shift.cfg.eq(shift_cfg)
 
         # ------------------------------------------------------------ shift unit -> feeder -> array
-        # a small FIFO between the shift unit and the feeder: the shift unit's ready (the clock
-        # enable of its ring memories) then comes from the FIFO's level register, not from the
-        # feeder's slot and admission logic
-        m.submodules.shift_fifo = shift_fifo = SyncFIFOBuffered(width=8 * L, depth=self.SHIFT_FIFO_DEPTH)
+        # a register slice between the shift unit and the feeder: the shift unit's ready (the clock
+        # enable of its whole pipeline and ring memories) is then a register of the slice, not the
+        # feeder's slot and admission logic, nor a FIFO's level compare (the 3-word FIFO here
+        # before: its level -> the shift unit's advance -> the output counters' enables were among
+        # 45F t33's late endpoints)
+        m.submodules.shift_out = shift_out = SkidBuffer(shift.o.payload.shape())
+        wiring.connect(m, shift.o, shift_out.i)
         fc = feeder.cfg
         m.d.comb += [
-            shift_fifo.w_en.eq(shift.o.valid),
-            shift_fifo.w_data.eq(shift.o.payload.as_value()),
-            shift.o.ready.eq(shift_fifo.w_rdy),
-            feeder.i.valid.eq(shift_fifo.r_rdy),
-            feeder.i.payload.as_value().eq(shift_fifo.r_data),
-            shift_fifo.r_en.eq(feeder.i.ready),
+            feeder.i.valid.eq(shift_out.o.valid),
+            feeder.i.payload.as_value().eq(shift_out.o.payload.as_value()),
+            shift_out.o.ready.eq(feeder.i.ready),
             fc.width.eq(desc.shift.width),
             fc.height.eq(desc.shift.height),
             fc.stride_log2.eq(desc.stride_log2),
