@@ -61,6 +61,7 @@ from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EnginePa
 from .dp16kd import in_block_ram
 from .dual_read import MAX_DEPTH, DualReadMemory
 from .link import BusSignature
+from .mult import Multiplier
 from .output_stage import Mode, OutputStage, TableEntry
 from .skid import SkidBuffer
 from .sliced_memory import SlicedMemory
@@ -411,9 +412,17 @@ class Engine(wiring.Component):
 
         y, mul, z, a = (stage_regs(n) for n in ("y", "m", "z", "a"))
         y_pix = Signal(range(p.max_out_pixels + P))
-        y_words = Signal(max(len(desc.shift.in_beats), len(desc.out_words)))      # words per pixel
         z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
+        # the pixel's word offset (pixel x words per pixel) in a MULT18X18D with its input and output
+        # registers (hw.mult): its input registers sit beside Y's and take the same values, its
+        # output register is M's. They have no enable, so the product follows every cycle's beat
+        # on the array's output, and M's product is its beat's in the cycle M is valid (Z reads it
+        # only then). An inferred multiply has no registers in the DSP: 45F t34's and t37's
+        # critical paths ran through one, then 3.2 ns of route to the product's register.
+        words_width = max(len(desc.shift.in_beats), len(desc.out_words))       # words per pixel
+        pix_mul = m.submodules.pix_mul = Multiplier(len(y_pix) + 1, words_width + 1)
         m_pix_off = Signal.like(z_word_off)
+        m.d.comb += m_pix_off.eq(pix_mul.p)
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
@@ -434,8 +443,9 @@ class Engine(wiring.Component):
         # pixel) with the mid's words per pixel; its output-stage entries start at a_table_off
         advance(y, array_take, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan, ctx=tag.ctx))
         with m.If(array_take):
-            m.d.sync += [y_pix.eq(tag.pix0 + ao.pixel),
-                         y_words.eq(Mux(tag.ctx, desc.shift.in_beats, desc.out_words))]
+            m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
+        m.d.comb += [pix_mul.a.eq(tag.pix0 + ao.pixel),
+                     pix_mul.b.eq(Mux(tag.ctx, desc.shift.in_beats, desc.out_words))]
         keys = ("acc", "mask", "chan", "first", "last", "ctx")
         # the layer's last output pixel, a register (the descriptor is static while the layer runs):
         # the map's last beat is an equality of registers, not an adder and a compare behind y_pix
@@ -443,8 +453,6 @@ class Engine(wiring.Component):
         m.d.sync += last_out_pix.eq(desc.out_pixels - 1)
         advance(mul, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
                                       last=y_pix == last_out_pix, ctx=y["ctx"]))
-        with m.If(y["valid"]):
-            m.d.sync += m_pix_off.eq(y_pix * y_words)
         advance(z, mul["valid"], {k: mul[k] for k in keys})
         with m.If(mul["valid"]):
             m.d.sync += z_word_off.eq(m_pix_off + (mul["chan"] >> lg_l))

@@ -601,7 +601,17 @@ class ShiftUnit(wiring.Component):
         m.d.sync += reach_p1.eq(cfg.reach + 1)
         # (an all-zero cfg, as after reset, disables the unit: no pixels, no issue)
         issue = run & ~out_done & avail & (cfg.pixels != 0)
-        out_pixel_done = issue & (slot == last_slot)
+        # whether the slot and the column are their last, registers kept beside the counters (45F
+        # t37's late endpoints: the slot and column compares behind the issue into the output
+        # counters' enables). Each is the compare of the counter's next value, or, without a step,
+        # of its present one, so a new cfg is followed within two cycles; no slot issues that early
+        slot_last = Signal()
+        ox_last = Signal()
+        out_pixel_done = issue & slot_last
+        m.d.sync += [
+            slot_last.eq(Mux(issue, Mux(slot_last, last_slot == 0, slot + 1 == last_slot), slot == last_slot)),
+            ox_last.eq(Mux(out_pixel_done, Mux(ox_last, last_ox == 0, ox + 1 == last_ox), ox == last_ox)),
+        ]
         frame_next = Mux(in_pixel_done, in_done_p1 == cfg.pixels, frame_in)
         lead_next_gt = Mux(in_pixel_done & ~out_pixel_done, lead >= cfg.reach,
                            Mux(out_pixel_done & ~in_pixel_done, lead > reach_p1, lead > cfg.reach))
@@ -616,7 +626,7 @@ class ShiftUnit(wiring.Component):
                     out_pix.eq(out_pix + 1),
                     pbase.eq(Mux(next_base >= cfg.ring_words, next_base - cfg.ring_words, next_base)),
                 ]
-                with m.If(ox == last_ox):
+                with m.If(ox_last):
                     m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
                 with m.Else():
                     m.d.sync += ox.eq(ox + 1)
