@@ -755,19 +755,26 @@ class Engine(wiring.Component):
         m.d.sync += layer_done.eq(in_run & (writes == desc.out_beats) & rd_idle & ~shift.busy & ~stage.busy
                                   & ~start)
 
+        # the descriptor loading's cycle, one-hot (bit k set in LOAD_DESC's cycle k, shifted out
+        # after its last), so that each descriptor word's register enable is one flip-flop (45F
+        # t37's late endpoints: the counter k through `k - lat_d` and its decode into them)
+        desc_cycle = Signal(DESC_WORDS + lat_d)
+        m.d.sync += desc_cycle.eq(desc_cycle << 1)
+        for i in range(DESC_WORDS):
+            with m.If(desc_cycle[i + lat_d]):
+                m.d.sync += desc_bits.word_select(i, 32).eq(d_rd.data)
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(start_request):
                     m.d.sync += [n_layers.eq(start_layers), layer.eq(0), running.eq(1), done.eq(0),
-                                 total_cycles.eq(0), layer_cycles.eq(0), k.eq(0)]
+                                 total_cycles.eq(0), layer_cycles.eq(0), k.eq(0), desc_cycle.eq(1)]
                     m.next = "LOAD_DESC"
             with m.State("LOAD_DESC"):
                 # word k is addressed in cycle k (d_raddr), read in k + 1 and stored lat_d cycles
                 # after k (the read of the first cycle, from the previous state's address, is dropped)
                 m.d.sync += k.eq(k + 1)
-                with m.If(k >= lat_d):
-                    m.d.sync += desc_bits.word_select((k - lat_d)[:len(k)], 32).eq(d_rd.data)
-                with m.If(k == DESC_WORDS + lat_d - 1):
+                with m.If(desc_cycle[-1]):
                     m.d.sync += [ts.eq(0), tt.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
@@ -806,7 +813,7 @@ class Engine(wiring.Component):
                 m.next = "COUNT1"
             with m.State("COUNT1"):
                 m.d.comb += [c_wr.addr.eq(2 * layer + 1), c_wr.data.eq(feeder.beats), c_wr.en.eq(1)]
-                m.d.sync += [layer.eq(layer + 1), layer_cycles.eq(0), k.eq(0)]
+                m.d.sync += [layer.eq(layer + 1), layer_cycles.eq(0), k.eq(0), desc_cycle.eq(1)]
                 with m.If(final_layer):
                     m.d.sync += [running.eq(0), done.eq(1), runs.eq(runs + 1)]
                     m.next = "IDLE"

@@ -344,10 +344,13 @@ class OutputStage(wiring.Component):
         r_width = ACT_OUT_SHAPE.width + MULT_BITS + 2         # r5: the residual product, rounded
         p_width = self._pool_bits + MULT_BITS + 2            # pq12: the pool product, rounded
         r_mask, pool_mask = Signal(r_width), Signal(p_width)
-        m.d.sync += [pool_mode.eq(cfg.mode == Mode.POOL),
+        # (the masks from copies of the shifts: 45F t37 had the decode from the engine's cfg register
+        # among its late endpoints)
+        res_s, pool_s = Signal.like(cfg.res_s, name="res_s"), Signal.like(cfg.pool_s, name="pool_s")
+        m.d.sync += [pool_mode.eq(cfg.mode == Mode.POOL), res_s.eq(cfg.res_s), pool_s.eq(cfg.pool_s),
                      res_half.eq(_half(cfg.res_s, SHIFT_MAX)), pool_half.eq(_half(cfg.pool_s, SHIFT_MAX)),
-                     r_mask.eq(shift_mask(cfg.res_s, r_width, RES_SAT.width)),
-                     pool_mask.eq(shift_mask(cfg.pool_s, p_width, y_bits))]
+                     r_mask.eq(shift_mask(res_s, r_width, RES_SAT.width)),
+                     pool_mask.eq(shift_mask(pool_s, p_width, y_bits))]
         # pool control. The sums are read in stage 6 (synchronously; the data pass two registers,
         # the first free to sit beside a block RAM, and are due in stage 9) and written back in
         # stage 9, so the three beats ahead of a beat (in stages 9, 10 and 11 while it is in stage
@@ -459,7 +462,7 @@ class OutputStage(wiring.Component):
                   Signal(name=f"q{k}_negative")]
             r6 = [Signal(RES_SAT, name=f"r{k}_narrow"), Signal(name=f"r{k}_fits"), Signal(name=f"r{k}_negative")]
             m.d.sync += [Cat(*q6).eq(Cat(*shift_parts(q5, s5, q_mask5, y_bits))),
-                         Cat(*r6).eq(Cat(*shift_parts(r5, cfg.res_s, r_mask, RES_SAT.width)))]
+                         Cat(*r6).eq(Cat(*shift_parts(r5, res_s, r_mask, RES_SAT.width)))]
             y7 = Signal(ACT_OUT_SHAPE, name=f"y{k}")
             r7 = Signal(RES_SAT, name=f"r{k}_7")
             m.d.sync += [y7.eq(clamp_parts(*q6, lo6, hi6)),
@@ -500,7 +503,7 @@ class OutputStage(wiring.Component):
             assert len(pq12) == p_width
             m.d.sync += [
                 pq12.eq(pmul.p + pool_half),
-                Cat(*pq13).eq(Cat(*shift_parts(pq12, cfg.pool_s, pool_mask, y_bits))),
+                Cat(*pq13).eq(Cat(*shift_parts(pq12, pool_s, pool_mask, y_bits))),
                 pq14.eq(clamp_parts(*pq13, cfg.pool_lo, cfg.pool_hi)),
             ]
             pool_x = delay(pq14, EXIT - 16, f"pool{k}")
