@@ -508,10 +508,21 @@ class Engine(wiring.Component):
             byte = f_res[8 * k:8 * k + 8]
             m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
 
+        # the output address enters its FIFO a cycle after its beat enters the output stage, from
+        # registers (45F t38's latest endpoints: the beat FIFO's r_rdy -> the output stage's ready
+        # -> the write enables of the address FIFO's LUT RAM and its level); its result word comes
+        # out of the output stage 20 cycles after the beat, and the stage holds at most 32 beats,
+        # so the 64 words never fill
         m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(a_addr) + 1, depth=64)
+        addr_w_en = Signal()
+        addr_w_data = Signal.like(addr_fifo.w_data)
+        m.d.sync += [
+            addr_w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last | f_ctx)),
+            addr_w_data.eq(Cat(f_addr, f_ctx)),
+        ]
         m.d.comb += [
-            addr_fifo.w_data.eq(Cat(f_addr, f_ctx)),
-            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last | f_ctx)),
+            addr_fifo.w_data.eq(addr_w_data),
+            addr_fifo.w_en.eq(addr_w_en),
             addr_fifo.r_en.eq(stage.o.valid),
             stage.o.ready.eq(1),
         ]
