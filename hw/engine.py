@@ -145,7 +145,11 @@ class Engine(wiring.Component):
             fifo.r_en.eq(sink.ready),
             pop.eq(fifo.r_rdy & sink.ready),
         ]
-        m.d.sync += [issued[0].eq(issue), credits.eq(credits - issue + pop)]
+        # a popped word's credit returns a cycle later, from a register (45F t38's late endpoints:
+        # the sink's ready through the pop into the credit adder); late is safe, and the eight
+        # credits still cover the round trip of a word read every cycle
+        pop_q = Signal(name=f"{name}_pop_q")
+        m.d.sync += [issued[0].eq(issue), pop_q.eq(pop), credits.eq(credits - issue + pop_q)]
         m.d.sync += [issued[k].eq(issued[k - 1]) for k in range(1, len(issued))]
         return issue, credits
 
