@@ -635,10 +635,15 @@ class ShiftUnit(wiring.Component):
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
         # both neighbours of lead are computed from the register alone; the handshakes only select
+        # lead - 1 is a register too, so a step of lead is a choice between registers, with no carry
+        # chain after the handshakes (45F t39's critical path: the output register slice's ready ->
+        # the issue -> the last-slot flag -> the shared +1/-1 adder of lead). lead_m1 is used only
+        # for a step down, when lead >= 1 (an output pixel can finish only with an input pixel ahead)
+        lead_m1 = Signal(pix_shape, init=(1 << pix_shape.width) - 1)
         with m.If(in_pixel_done & ~out_pixel_done):
-            m.d.sync += [lead.eq(lead + 1), lead_p1.eq(lead_p1 + 1)]
+            m.d.sync += [lead_m1.eq(lead), lead.eq(lead_p1), lead_p1.eq(lead_p1 + 1)]
         with m.Elif(out_pixel_done & ~in_pixel_done):
-            m.d.sync += [lead.eq(lead - 1), lead_p1.eq(lead_p1 - 1)]
+            m.d.sync += [lead_p1.eq(lead), lead.eq(lead_m1), lead_m1.eq(lead_m1 - 1)]
 
         # Per-pixel values the address and bounds logic needs, computed here so
         # that stage 2 has one carry chain per bank: the ring base with both
@@ -671,6 +676,7 @@ class ShiftUnit(wiring.Component):
             m.d.sync += [
                 out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
                 in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0), in_done_p1.eq(1), lead_p1.eq(1),
+                lead_m1.eq(lead_m1.init),
                 ready.eq(0), avail.eq(0),      # recomputed for the new frame in the next cycle
             ]
 
