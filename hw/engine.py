@@ -61,7 +61,6 @@ from .engine_params import (DESC_WORDS, ENGINE_ID, ENGINE_VERSION, Csr, EnginePa
 from .dp16kd import in_block_ram
 from .dual_read import MAX_DEPTH, DualReadMemory
 from .link import BusSignature
-from .mult import Multiplier
 from .output_stage import Mode, OutputStage, TableEntry
 from .skid import SkidBuffer
 from .sliced_memory import SlicedMemory
@@ -107,6 +106,8 @@ class Engine(wiring.Component):
     #: beats between the output path and the output stage (covers the beats in flight in the
     #: output path, so that the array drains one beat per cycle)
     BEAT_FIFO_DEPTH = 16
+    #: words of the FIFO between the shift unit and the tile feeder (3: one word per cycle)
+    SHIFT_FIFO_DEPTH = 3
 
     def __init__(self, params: EngineParams = EngineParams(), block_ram: str = "auto"):
         self.params = params
@@ -145,11 +146,7 @@ class Engine(wiring.Component):
             fifo.r_en.eq(sink.ready),
             pop.eq(fifo.r_rdy & sink.ready),
         ]
-        # a popped word's credit returns a cycle later, from a register (45F t38's late endpoints:
-        # the sink's ready through the pop into the credit adder); late is safe, and the eight
-        # credits still cover the round trip of a word read every cycle
-        pop_q = Signal(name=f"{name}_pop_q")
-        m.d.sync += [issued[0].eq(issue), pop_q.eq(pop), credits.eq(credits - issue + pop_q)]
+        m.d.sync += [issued[0].eq(issue), credits.eq(credits - issue + pop)]
         m.d.sync += [issued[k].eq(issued[k - 1]) for k in range(1, len(issued))]
         return issue, credits
 
@@ -358,18 +355,18 @@ class Engine(wiring.Component):
         m.d.comb += shift.cfg.eq(shift_cfg)
 
         # ------------------------------------------------------------ shift unit -> feeder -> array
-        # a register slice between the shift unit and the feeder: the shift unit's ready (the clock
-        # enable of its whole pipeline and ring memories) is then a register of the slice, not the
-        # feeder's slot and admission logic, nor a FIFO's level compare (the 3-word FIFO here
-        # before: its level -> the shift unit's advance -> the output counters' enables were among
-        # 45F t33's late endpoints)
-        m.submodules.shift_out = shift_out = SkidBuffer(shift.o.payload.shape())
-        wiring.connect(m, shift.o, shift_out.i)
+        # a small FIFO between the shift unit and the feeder: the shift unit's ready (the clock
+        # enable of its ring memories) then comes from the FIFO's level register, not from the
+        # feeder's slot and admission logic
+        m.submodules.shift_fifo = shift_fifo = SyncFIFOBuffered(width=8 * L, depth=self.SHIFT_FIFO_DEPTH)
         fc = feeder.cfg
         m.d.comb += [
-            feeder.i.valid.eq(shift_out.o.valid),
-            feeder.i.payload.as_value().eq(shift_out.o.payload.as_value()),
-            shift_out.o.ready.eq(feeder.i.ready),
+            shift_fifo.w_en.eq(shift.o.valid),
+            shift_fifo.w_data.eq(shift.o.payload.as_value()),
+            shift.o.ready.eq(shift_fifo.w_rdy),
+            feeder.i.valid.eq(shift_fifo.r_rdy),
+            feeder.i.payload.as_value().eq(shift_fifo.r_data),
+            shift_fifo.r_en.eq(feeder.i.ready),
             fc.width.eq(desc.shift.width),
             fc.height.eq(desc.shift.height),
             fc.stride_log2.eq(desc.stride_log2),
@@ -416,17 +413,9 @@ class Engine(wiring.Component):
 
         y, mul, z, a = (stage_regs(n) for n in ("y", "m", "z", "a"))
         y_pix = Signal(range(p.max_out_pixels + P))
+        y_words = Signal(max(len(desc.shift.in_beats), len(desc.out_words)))      # words per pixel
         z_word_off = Signal(range(p.max_out_pixels * (p.max_cout // L) + 1))
-        # the pixel's word offset (pixel x words per pixel) in a MULT18X18D with its input and output
-        # registers (hw.mult): its input registers sit beside Y's and take the same values, its
-        # output register is M's. They have no enable, so the product follows every cycle's beat
-        # on the array's output, and M's product is its beat's in the cycle M is valid (Z reads it
-        # only then). An inferred multiply has no registers in the DSP: 45F t34's and t37's
-        # critical paths ran through one, then 3.2 ns of route to the product's register.
-        words_width = max(len(desc.shift.in_beats), len(desc.out_words))       # words per pixel
-        pix_mul = m.submodules.pix_mul = Multiplier(len(y_pix) + 1, words_width + 1)
         m_pix_off = Signal.like(z_word_off)
-        m.d.comb += m_pix_off.eq(pix_mul.p)
         a_addr = Signal(max(len(act_wr.addr), len(l_wr.addr)))
         a_res_addr = Signal.like(act_res.addr)
         # The stages never stall (no enable fans out over them); the array may hand over a
@@ -447,9 +436,8 @@ class Engine(wiring.Component):
         # pixel) with the mid's words per pixel; its output-stage entries start at a_table_off
         advance(y, array_take, dict(acc=ao.acc, mask=ao.mask, chan=tag.group * Q + ao.chan, ctx=tag.ctx))
         with m.If(array_take):
-            m.d.sync += y_pix.eq(tag.pix0 + ao.pixel)
-        m.d.comb += [pix_mul.a.eq(tag.pix0 + ao.pixel),
-                     pix_mul.b.eq(Mux(tag.ctx, desc.shift.in_beats, desc.out_words))]
+            m.d.sync += [y_pix.eq(tag.pix0 + ao.pixel),
+                         y_words.eq(Mux(tag.ctx, desc.shift.in_beats, desc.out_words))]
         keys = ("acc", "mask", "chan", "first", "last", "ctx")
         # the layer's last output pixel, a register (the descriptor is static while the layer runs):
         # the map's last beat is an equality of registers, not an adder and a compare behind y_pix
@@ -457,6 +445,8 @@ class Engine(wiring.Component):
         m.d.sync += last_out_pix.eq(desc.out_pixels - 1)
         advance(mul, y["valid"], dict(acc=y["acc"], mask=y["mask"], chan=y["chan"], first=y_pix == 0,
                                       last=y_pix == last_out_pix, ctx=y["ctx"]))
+        with m.If(y["valid"]):
+            m.d.sync += m_pix_off.eq(y_pix * y_words)
         advance(z, mul["valid"], {k: mul[k] for k in keys})
         with m.If(mul["valid"]):
             m.d.sync += z_word_off.eq(m_pix_off + (mul["chan"] >> lg_l))
@@ -512,21 +502,10 @@ class Engine(wiring.Component):
             byte = f_res[8 * k:8 * k + 8]
             m.d.comb += stage.r.payload[k].eq(Mux(desc.res_signed, byte.as_signed(), byte))
 
-        # the output address enters its FIFO a cycle after its beat enters the output stage, from
-        # registers (45F t38's latest endpoints: the beat FIFO's r_rdy -> the output stage's ready
-        # -> the write enables of the address FIFO's LUT RAM and its level); its result word comes
-        # out of the output stage 20 cycles after the beat, and the stage holds at most 32 beats,
-        # so the 64 words never fill
         m.submodules.addr_fifo = addr_fifo = SyncFIFOBuffered(width=len(a_addr) + 1, depth=64)
-        addr_w_en = Signal()
-        addr_w_data = Signal.like(addr_fifo.w_data)
-        m.d.sync += [
-            addr_w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last | f_ctx)),
-            addr_w_data.eq(Cat(f_addr, f_ctx)),
-        ]
         m.d.comb += [
-            addr_fifo.w_data.eq(addr_w_data),
-            addr_fifo.w_en.eq(addr_w_en),
+            addr_fifo.w_data.eq(Cat(f_addr, f_ctx)),
+            addr_fifo.w_en.eq(stage.i.valid & stage.i.ready & ((mode != Mode.POOL) | f_last | f_ctx)),
             addr_fifo.r_en.eq(stage.o.valid),
             stage.o.ready.eq(1),
         ]
@@ -589,16 +568,12 @@ class Engine(wiring.Component):
             Region.LOGITS: (32 * L, l_wr, l_rd, 1),
             Region.COUNTERS: (32, None, c_rd, counters.read_latency),
         }
-        # the memories the sequencer reads: their read address is a register for the host's reads
-        # too (below, `host_read_addr`), which adds a cycle to those reads
-        sequencer_read = (Region.DESC, Region.SCHED, Region.TABLE)
         max_parts = max(parts_for(w) for w, *_ in regions.values())
         staging = Signal(32 * max_parts)
         # a read's request travels through read_pending[0..]: the slowest memory's read (the big
         # memories' port register, block-RAM read and data register), then the region's word
         # register; read_done: the register after the region multiplexer
-        slowest_read = max(latency + (reg in sequencer_read) for reg, (*_, latency) in regions.items())
-        host_read_addr = {}
+        slowest_read = max(latency for *_, latency in regions.values())
         read_pending = [Signal(name=f"read_pending{k}") for k in range(slowest_read + 1)]
         read_done = Signal()
         host_owns = ~running
@@ -631,14 +606,11 @@ class Engine(wiring.Component):
                     w_addr, w_en, w_data = w_addr_q, w_en_q, w_data_q
                 with m.If(host_owns):
                     m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en)]
-            if reg in sequencer_read:
-                host_read_addr[reg] = entry
-            else:
-                with m.If(host_owns | (reg == Region.COUNTERS)):
-                    # while the host owns a port it reads continuously (the bus holds the address for
-                    # the whole request): the enable is a constant, not the bus decode (t25's critical
-                    # path ended at a table block RAM's clock enable)
-                    m.d.comb += [rd.addr.eq(entry), rd.en.eq(1)]
+            with m.If(host_owns | (reg == Region.COUNTERS)):
+                # while the host owns a port it reads continuously (the bus holds the address for
+                # the whole request): the enable is a constant, not the bus decode (t25's critical
+                # path ended at a table block RAM's clock enable)
+                m.d.comb += [rd.addr.eq(entry), rd.en.eq(1)]
             with m.If(hit):
                 m.d.comb += bus_part.eq(part)
             # each region's word registered next to its memory, then the region multiplexer: the
@@ -717,23 +689,15 @@ class Engine(wiring.Component):
         # The descriptor, schedule and table reads are addressed from registers, computed every cycle
         # from the counters of the cycle before (45F t32's latest endpoints after the host's write
         # decode: the address adders in front of the schedule's and descriptors' block RAMs), so a
-        # word is read a cycle after its counter value. While the engine is stopped the registers
-        # take the host's read address instead, so the blocks' address inputs see no multiplexer
-        # (t52's latest endpoints: `running` through the choice between host and sequencer into
-        # the channel table's blocks); the memories read every cycle, whatever the state.
+        # word is read a cycle after its counter value.
         lat_d = 1 + desc_mem.read_latency               # from the counter k to the word on d_rd.data
         k = Signal(range(DESC_WORDS + lat_d + 1))
         d_raddr = Signal.like(d_rd.addr)
+        m.d.sync += d_raddr.eq(layer * DESC_WORDS + k)
         ts = Signal(range(p.max_gather + 2))
         tt = Signal(range(p.max_cout + 2))
         s_raddr, t_raddr = Signal.like(s_rd.addr), Signal.like(t_rd.addr)
-        m.d.sync += [
-            d_raddr.eq(Mux(running, layer * DESC_WORDS + k, host_read_addr[Region.DESC])),
-            s_raddr.eq(Mux(running, desc.sched_base + ts, host_read_addr[Region.SCHED])),
-            t_raddr.eq(Mux(running, desc.table_base + tt, host_read_addr[Region.TABLE])),
-        ]
-        m.d.comb += [d_rd.addr.eq(d_raddr), d_rd.en.eq(1), s_rd.addr.eq(s_raddr), s_rd.en.eq(1),
-                     t_rd.addr.eq(t_raddr), t_rd.en.eq(1)]
+        m.d.sync += [s_raddr.eq(desc.sched_base + ts), t_raddr.eq(desc.table_base + tt)]
         # a read (valid flag, word index) in flight, then delayed with its data: the word comes out of
         # the memory `latency` cycles after the read and passes one register of ours before it is
         # written (the words cross the die from the engine's memories to the shift unit's and output
@@ -770,32 +734,27 @@ class Engine(wiring.Component):
         m.d.sync += layer_done.eq(in_run & (writes == desc.out_beats) & rd_idle & ~shift.busy & ~stage.busy
                                   & ~start)
 
-        # the descriptor loading's cycle, one-hot (bit k set in LOAD_DESC's cycle k, shifted out
-        # after its last), so that each descriptor word's register enable is one flip-flop (45F
-        # t37's late endpoints: the counter k through `k - lat_d` and its decode into them)
-        desc_cycle = Signal(DESC_WORDS + lat_d)
-        m.d.sync += desc_cycle.eq(desc_cycle << 1)
-        for i in range(DESC_WORDS):
-            with m.If(desc_cycle[i + lat_d]):
-                m.d.sync += desc_bits.word_select(i, 32).eq(d_rd.data)
-
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(start_request):
                     m.d.sync += [n_layers.eq(start_layers), layer.eq(0), running.eq(1), done.eq(0),
-                                 total_cycles.eq(0), layer_cycles.eq(0), k.eq(0), desc_cycle.eq(1)]
+                                 total_cycles.eq(0), layer_cycles.eq(0), k.eq(0)]
                     m.next = "LOAD_DESC"
             with m.State("LOAD_DESC"):
                 # word k is addressed in cycle k (d_raddr), read in k + 1 and stored lat_d cycles
                 # after k (the read of the first cycle, from the previous state's address, is dropped)
+                m.d.comb += [d_rd.addr.eq(d_raddr), d_rd.en.eq(1)]
                 m.d.sync += k.eq(k + 1)
-                with m.If(desc_cycle[-1]):
+                with m.If(k >= lat_d):
+                    m.d.sync += desc_bits.word_select((k - lat_d)[:len(k)], 32).eq(d_rd.data)
+                with m.If(k == DESC_WORDS + lat_d - 1):
                     m.d.sync += [ts.eq(0), tt.eq(0)]
                     m.next = "LOAD_TABLES"
             with m.State("LOAD_TABLES"):
                 # one read per cycle from each memory (of the word its counter named in the cycle
                 # before); the block RAMs' data go to a register only (45F t17's critical path ran
                 # from the channel table's block RAM into the output stage's tables)
+                m.d.comb += [s_rd.addr.eq(s_raddr), s_rd.en.eq(1), t_rd.addr.eq(t_raddr), t_rd.en.eq(1)]
                 more_s = ts < desc.shift.slots
                 more_t = tt < desc.table_len
                 m.d.sync += [ts_v.eq(more_s), ts_i.eq(ts), tt_v.eq(more_t), tt_i.eq(tt)]
@@ -828,7 +787,7 @@ class Engine(wiring.Component):
                 m.next = "COUNT1"
             with m.State("COUNT1"):
                 m.d.comb += [c_wr.addr.eq(2 * layer + 1), c_wr.data.eq(feeder.beats), c_wr.en.eq(1)]
-                m.d.sync += [layer.eq(layer + 1), layer_cycles.eq(0), k.eq(0), desc_cycle.eq(1)]
+                m.d.sync += [layer.eq(layer + 1), layer_cycles.eq(0), k.eq(0)]
                 with m.If(final_layer):
                     m.d.sync += [running.eq(0), done.eq(1), runs.eq(runs + 1)]
                     m.next = "IDLE"

@@ -251,12 +251,6 @@ class LinkEngine(wiring.Component):
         tx_crc_next = Signal(16)
         m.d.comb += tx_crc_next.eq(crc16_ccitt_step(tcrc, self.tx.payload))
         bus_timer = Signal(range(self._bus_timeout_cycles + 1))
-        # the bus request is held in registers, set as its state is entered and cleared by the answer
-        # or the timeout: 45F t36's latest endpoints ran from the word counter through the reply
-        # decode into the engine's read handshake and back into the bus timer
-        bus_valid = Signal()
-        bus_write = Signal()
-        m.d.comb += [self.bus.valid.eq(bus_valid), self.bus.w_en.eq(bus_write)]
 
         # ---- counters (16-bit, wrapping)
         names = ("frames_ok", "bad_crc", "rx_errors", "truncated", "dup_writes", "bus_timeouts")
@@ -302,10 +296,10 @@ class LinkEngine(wiring.Component):
         def bus_wait(on_done, on_timeout):
             """Count a bus access that is waiting; call the handlers on ready / timeout."""
             with m.If(self.bus.ready):
-                m.d.sync += [bus_timer.eq(0), bus_valid.eq(0)]
+                m.d.sync += bus_timer.eq(0)
                 on_done()
             with m.Elif(bus_timer == self._bus_timeout_cycles - 1):
-                m.d.sync += [bus_timer.eq(0), bus_valid.eq(0)]
+                m.d.sync += bus_timer.eq(0)
                 m.d.comb += inc["bus_timeouts"].eq(1)
                 on_timeout()
             with m.Else():
@@ -406,10 +400,11 @@ class LinkEngine(wiring.Component):
                 m.next = "WRITE_LATCH2"
 
             with m.State("WRITE_LATCH2"):
-                m.d.sync += [w_data.eq(w_near), bus_valid.eq(1), bus_write.eq(1)]
+                m.d.sync += w_data.eq(w_near)
                 m.next = "WRITE_BUS"
 
             with m.State("WRITE_BUS"):
+                m.d.comb += [self.bus.valid.eq(1), self.bus.w_en.eq(1)]
 
                 def done():
                     m.d.sync += [r_idx.eq(r_idx + 1), r_addr.eq(r_addr + r_step)]
@@ -446,19 +441,17 @@ class LinkEngine(wiring.Component):
                     m.d.sync += wbuf.eq(0)
                     m.next = "TX_BYTES"
                 with m.Else():
-                    m.d.sync += [bus_valid.eq(1), bus_write.eq(0)]
-                    m.next = "TX_READ"
+                    m.d.comb += self.bus.valid.eq(1)
 
-            with m.State("TX_READ"):
-                def got():
-                    m.d.sync += wbuf.eq(self.bus.r_data)
-                    m.next = "TX_BYTES"
+                    def got():
+                        m.d.sync += wbuf.eq(self.bus.r_data)
+                        m.next = "TX_BYTES"
 
-                def lost():
-                    m.d.sync += [wbuf.eq(0), bus_failed.eq(1), r_status.eq(Status.BUS_TIMEOUT)]
-                    m.next = "TX_BYTES"
+                    def lost():
+                        m.d.sync += [wbuf.eq(0), bus_failed.eq(1), r_status.eq(Status.BUS_TIMEOUT)]
+                        m.next = "TX_BYTES"
 
-                bus_wait(got, lost)
+                    bus_wait(got, lost)
 
             with m.State("TX_BYTES"):
                 send(wbuf[:8], "TX_BYTES")

@@ -78,7 +78,6 @@ from quant.numerics import ACC_BITS, MULT_BITS, SHIFT_MAX
 from .dp16kd import in_block_ram
 from .dual_read import DualReadMemory
 from .mult import Multiplier, WideMultiplier
-from .saturate import clamp, clamp_parts, shift_mask, shift_parts
 from .sliced_memory import SlicedMemory
 
 __all__ = ["OutputStage", "Mode", "ConfigLayout", "TableEntry", "ACT_OUT_SHAPE"]
@@ -133,6 +132,25 @@ TableEntry = data.StructLayout({
 def _half(s, width):
     """``2**(s-1)`` for ``s > 0``, 0 for ``s == 0`` (the rounding constant of ``round_shift``)."""
     return (Const(1, width + 1) << s)[1:]
+
+
+def _clamp(v, lo, hi):
+    """``v`` limited to ``[lo, hi]`` (``lo <= hi``).
+
+    A ``v`` wider than the bounds is first tested for fitting their width (its top bits all
+    equal to its sign), so that only the narrow comparison needs a carry chain: a ~45-bit
+    comparison with the bounds was the 45F's critical path (t24)."""
+    v, lo, hi = Value.cast(v), Value.cast(lo), Value.cast(hi)
+    w = max(len(b) + (not b.shape().signed) for b in (lo, hi))   # bits of a signed value holding both
+    if len(v) <= w or not v.shape().signed:
+        return Mux(v < lo, lo, Mux(v > hi, hi, v))
+    top = v[w - 1:]
+    fits = top.all() | ~top.any()
+    narrow = v[:w].as_signed()
+    negative = v[-1]
+    below = Mux(fits, narrow < lo, negative)
+    above = Mux(fits, narrow > hi, ~negative)
+    return Mux(below, lo, Mux(above, hi, narrow))
 
 
 class OutputStage(wiring.Component):
@@ -325,7 +343,7 @@ class OutputStage(wiring.Component):
         mask_x = delay(mask1, EXIT - 1, "mask")
         last_x = delay(last1, EXIT - 1, "last")
         chan_x = delay(chan1, EXIT - 1, "chan_x")
-        pl9 = delay(pl8, 1, "pool_last9")
+        pl_x = delay(pl8, EXIT - 8, "pool_last_x")
         alt5 = delay(alt1, 4, "alt")         # selects the clamp bounds registered beside q6
         alt6 = delay(alt5, 1, "alt6")
         alt7 = delay(alt6, 1, "alt7")        # beside y7 (the residual add)
@@ -335,22 +353,12 @@ class OutputStage(wiring.Component):
         lo6, hi6 = Signal(ACT_OUT_SHAPE), Signal(ACT_OUT_SHAPE)
         m.d.sync += [lo6.eq(Mux(alt5, cfg.alt_lo, cfg.lo)), hi6.eq(Mux(alt5, cfg.alt_hi, cfg.hi))]
 
-        # the per-layer mode, rounding constants and shift masks (hw.saturate), decoded into
-        # registers (cfg is static while beats are in flight, and a beat reaches their logic cycles
-        # after its acceptance)
         pool_mode = Signal()
+        m.d.comb += pool_mode.eq(cfg.mode == Mode.POOL)
+        # the per-layer rounding constants, decoded into registers (cfg is static while beats are in
+        # flight, and a beat reaches their adders cycles after its acceptance)
         res_half, pool_half = Signal(SHIFT_MAX), Signal(SHIFT_MAX)
-        y_bits = ACT_OUT_SHAPE.width
-        r_width = ACT_OUT_SHAPE.width + MULT_BITS + 2         # r5: the residual product, rounded
-        p_width = self._pool_bits + MULT_BITS + 2            # pq12: the pool product, rounded
-        r_mask, pool_mask = Signal(r_width), Signal(p_width)
-        # (the masks from copies of the shifts: 45F t37 had the decode from the engine's cfg register
-        # among its late endpoints)
-        res_s, pool_s = Signal.like(cfg.res_s, name="res_s"), Signal.like(cfg.pool_s, name="pool_s")
-        m.d.sync += [pool_mode.eq(cfg.mode == Mode.POOL), res_s.eq(cfg.res_s), pool_s.eq(cfg.pool_s),
-                     res_half.eq(_half(cfg.res_s, SHIFT_MAX)), pool_half.eq(_half(cfg.pool_s, SHIFT_MAX)),
-                     r_mask.eq(shift_mask(res_s, r_width, RES_SAT.width)),
-                     pool_mask.eq(shift_mask(pool_s, p_width, y_bits))]
+        m.d.sync += [res_half.eq(_half(cfg.res_s, SHIFT_MAX)), pool_half.eq(_half(cfg.pool_s, SHIFT_MAX))]
         # pool control. The sums are read in stage 6 (synchronously; the data pass two registers,
         # the first free to sit beside a block RAM, and are due in stage 9) and written back in
         # stage 9, so the three beats ahead of a beat (in stages 9, 10 and 11 while it is in stage
@@ -440,34 +448,27 @@ class OutputStage(wiring.Component):
             rp4 = delay(rmul.p, 1, f"rprod{k}")   # stage 3 -> 4
 
             # ---- stage 4: add the rounding constants -------------------------
-            # (and decode the shifts' masks for stage 5's fits tests, hw.saturate)
             q5 = Signal(signed(mul.p.shape().width + 1), name=f"q{k}_rounded")
             r5 = Signal(signed(rmul.p.shape().width + 1), name=f"r{k}_rounded")
             s5 = Signal.like(s4, name=f"s{k}_5")
-            assert len(r5) == r_width
-            q_mask5 = Signal(len(q5), name=f"q{k}_mask")
             m.d.sync += [
                 q5.eq(mul.p + half4),
                 r5.eq(rp4 + res_half),
                 s5.eq(s4),
-                q_mask5.eq(shift_mask(s4, len(q5), y_bits)),
             ]
-            # ---- stage 5: shifts, as the result's low bits, whether it fits them, and its sign;
-            # stage 6: requantisation clamp of those (the clamp of the whole shifted value behind
-            # the barrel shifter was among t52's and 45F t33's latest paths)
+            # ---- stage 5: shifts ----------------------------------------------
+            q6 = Signal.like(q5, name=f"q{k}_shifted")
+            r6 = Signal.like(r5, name=f"r{k}_shifted")
+            m.d.sync += [q6.eq(q5 >> s5), r6.eq(r5 >> cfg.res_s)]
+            # ---- stage 6: requantisation clamp --------------------------------
             # The residual is clamped too, to RES_SAT: with y7 a 9-bit value, a sum with a residual
             # beyond it lies beyond any 9-bit bound either way, so stage 7's clamp is unchanged,
             # and its adder and compare are 11 bits wide instead of ~40 (45F t25's deepest path)
-            q6 = [Signal(signed(y_bits), name=f"q{k}_narrow"), Signal(name=f"q{k}_fits"),
-                  Signal(name=f"q{k}_negative")]
-            r6 = [Signal(RES_SAT, name=f"r{k}_narrow"), Signal(name=f"r{k}_fits"), Signal(name=f"r{k}_negative")]
-            m.d.sync += [Cat(*q6).eq(Cat(*shift_parts(q5, s5, q_mask5, y_bits))),
-                         Cat(*r6).eq(Cat(*shift_parts(r5, res_s, r_mask, RES_SAT.width)))]
             y7 = Signal(ACT_OUT_SHAPE, name=f"y{k}")
             r7 = Signal(RES_SAT, name=f"r{k}_7")
-            m.d.sync += [y7.eq(clamp_parts(*q6, lo6, hi6)),
-                         r7.eq(clamp_parts(*r6, Const(-(1 << (RES_SAT.width - 1)), RES_SAT),
-                                           Const((1 << (RES_SAT.width - 1)) - 1, RES_SAT)))]
+            m.d.sync += [y7.eq(_clamp(q6, lo6, hi6)),
+                         r7.eq(_clamp(r6, Const(-(1 << (RES_SAT.width - 1)), RES_SAT),
+                                        Const((1 << (RES_SAT.width - 1)) - 1, RES_SAT)))]
             # ---- stage 7: residual add; stage 8: its clamp (45F t27's critical path had both in
             # one stage). The result is due in stage 9 (the pool's read-modify-write), so this
             # costs no latency
@@ -475,7 +476,7 @@ class OutputStage(wiring.Component):
             y7_8 = Signal(ACT_OUT_SHAPE, name=f"y{k}_8")
             m.d.sync += [sum8.eq(y7 + r7), y7_8.eq(y7)]
             y9k = Signal(ACT_OUT_SHAPE, name=f"yr{k}")
-            m.d.sync += y9k.eq(Mux(need_res & ~alt8, clamp(sum8, cfg.res_lo, cfg.res_hi), y7_8))
+            m.d.sync += y9k.eq(Mux(need_res & ~alt8, _clamp(sum8, cfg.res_lo, cfg.res_hi), y7_8))
             y_x = delay(y9k, EXIT - 9, f"yq{k}")
             y9.append(y9k)
 
@@ -497,14 +498,12 @@ class OutputStage(wiring.Component):
             m.submodules[f"mul_p{k}"] = pmul
             m.d.comb += [pmul.a.eq(psum10), pmul.b.eq(Cat(cfg.pool_m, Const(0, 1)).as_signed())]
             pq12 = Signal(signed(pmul.p.shape().width + 1), name=f"p{k}_rounded")
-            pq13 = [Signal(signed(y_bits), name=f"p{k}_narrow"), Signal(name=f"p{k}_fits"),
-                    Signal(name=f"p{k}_negative")]
+            pq13 = Signal.like(pq12, name=f"p{k}_shifted")
             pq14 = Signal(ACT_OUT_SHAPE, name=f"p{k}_clamped")
-            assert len(pq12) == p_width
             m.d.sync += [
                 pq12.eq(pmul.p + pool_half),
-                Cat(*pq13).eq(Cat(*shift_parts(pq12, pool_s, pool_mask, y_bits))),
-                pq14.eq(clamp_parts(*pq13, cfg.pool_lo, cfg.pool_hi)),
+                pq13.eq(pq12 >> cfg.pool_s),
+                pq14.eq(_clamp(pq13, cfg.pool_lo, cfg.pool_hi)),
             ]
             pool_x = delay(pq14, EXIT - 16, f"pool{k}")
             word = Signal(signed(ACC_BITS), name=f"out{k}")
@@ -518,14 +517,12 @@ class OutputStage(wiring.Component):
             out_data.append(word)
 
         # ---- exit into the FIFO ---------------------------------------------
-        # a beat of a pool pass other than its last (and not an expand beat) leaves no word: the
-        # decision is made in stage 9 and delayed to the exit as one flag, so the credit counter
-        # `used` sees a register (45F t35's latest paths ran from the mode through it)
-        drop9 = Signal()
-        m.d.comb += drop9.eq(v[9] & pool_mode & ~pl9 & ~alt9)
-        drop = delay(drop9, EXIT - 9, "drop")
         emit = Signal()
-        m.d.comb += emit.eq(v[EXIT] & ~drop)
+        drop = Signal()
+        m.d.comb += [
+            emit.eq(v[EXIT] & (~pool_mode | pl_x | alt_x)),
+            drop.eq(v[EXIT] & ~emit),
+        ]
         wword = Signal(self._output_layout)
         m.d.comb += [
             wword.data.eq(Cat(*out_data)),

@@ -601,17 +601,7 @@ class ShiftUnit(wiring.Component):
         m.d.sync += reach_p1.eq(cfg.reach + 1)
         # (an all-zero cfg, as after reset, disables the unit: no pixels, no issue)
         issue = run & ~out_done & avail & (cfg.pixels != 0)
-        # whether the slot and the column are their last, registers kept beside the counters (45F
-        # t37's late endpoints: the slot and column compares behind the issue into the output
-        # counters' enables). Each is the compare of the counter's next value, or, without a step,
-        # of its present one, so a new cfg is followed within two cycles; no slot issues that early
-        slot_last = Signal()
-        ox_last = Signal()
-        out_pixel_done = issue & slot_last
-        m.d.sync += [
-            slot_last.eq(Mux(issue, Mux(slot_last, last_slot == 0, slot + 1 == last_slot), slot == last_slot)),
-            ox_last.eq(Mux(out_pixel_done, Mux(ox_last, last_ox == 0, ox + 1 == last_ox), ox == last_ox)),
-        ]
+        out_pixel_done = issue & (slot == last_slot)
         frame_next = Mux(in_pixel_done, in_done_p1 == cfg.pixels, frame_in)
         lead_next_gt = Mux(in_pixel_done & ~out_pixel_done, lead >= cfg.reach,
                            Mux(out_pixel_done & ~in_pixel_done, lead > reach_p1, lead > cfg.reach))
@@ -626,7 +616,7 @@ class ShiftUnit(wiring.Component):
                     out_pix.eq(out_pix + 1),
                     pbase.eq(Mux(next_base >= cfg.ring_words, next_base - cfg.ring_words, next_base)),
                 ]
-                with m.If(ox_last):
+                with m.If(ox == last_ox):
                     m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
                 with m.Else():
                     m.d.sync += ox.eq(ox + 1)
@@ -635,15 +625,10 @@ class ShiftUnit(wiring.Component):
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
         # both neighbours of lead are computed from the register alone; the handshakes only select
-        # lead - 1 is a register too, so a step of lead is a choice between registers, with no carry
-        # chain after the handshakes (45F t39's critical path: the output register slice's ready ->
-        # the issue -> the last-slot flag -> the shared +1/-1 adder of lead). lead_m1 is used only
-        # for a step down, when lead >= 1 (an output pixel can finish only with an input pixel ahead)
-        lead_m1 = Signal(pix_shape, init=(1 << pix_shape.width) - 1)
         with m.If(in_pixel_done & ~out_pixel_done):
-            m.d.sync += [lead_m1.eq(lead), lead.eq(lead_p1), lead_p1.eq(lead_p1 + 1)]
+            m.d.sync += [lead.eq(lead + 1), lead_p1.eq(lead_p1 + 1)]
         with m.Elif(out_pixel_done & ~in_pixel_done):
-            m.d.sync += [lead_p1.eq(lead), lead.eq(lead_m1), lead_m1.eq(lead_m1 - 1)]
+            m.d.sync += [lead.eq(lead - 1), lead_p1.eq(lead_p1 - 1)]
 
         # Per-pixel values the address and bounds logic needs, computed here so
         # that stage 2 has one carry chain per bank: the ring base with both
@@ -676,7 +661,6 @@ class ShiftUnit(wiring.Component):
             m.d.sync += [
                 out_done.eq(0), out_pix.eq(0), slot.eq(0), ox.eq(0), oy.eq(0), pbase.eq(0),
                 in_done.eq(0), in_beat.eq(0), wptr.eq(0), lead.eq(0), in_done_p1.eq(1), lead_p1.eq(1),
-                lead_m1.eq(lead_m1.init),
                 ready.eq(0), avail.eq(0),      # recomputed for the new frame in the next cycle
             ]
 
